@@ -1,0 +1,101 @@
+"""Every Prometheus metric of the daemon, on an injected registry.
+
+Base units (seconds, bytes), `_total` counters, and never a call id as a label: call ids go
+into exemplars (OpenMetrics exposition) and logs. Histogram bucket edges sit at the thresholds
+an operator would put in an SLO (20 ms chunk latency, 2.5 s result latency, 5 s alert latency).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from daemon import __version__
+
+#: Audio received → chunk written to the upstream stream (SLO edge at 20 ms).
+CHUNK_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
+#: Chunk written → result read. A segment result needs 2 s of audio, so this is mostly upstream time.
+RESULT_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0)
+#: Result read → webhook 2xx.
+ALERT_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class Metrics:
+    """One instance per daemon (tests make their own with a fresh registry)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.registry = r
+        p = "spoofwatch"
+        self.build_info = Info(f"{p}_build", "Build information", registry=r)
+        self.build_info.info({"version": __version__})
+
+        # calls and legs
+        self.calls_active = Gauge(f"{p}_calls_active", "Calls in progress", ["ingest"], registry=r)
+        self.legs_active = Gauge(f"{p}_legs_active", "Analysed legs in progress", ["ingest"], registry=r)
+        self.calls = Counter(f"{p}_calls", "Calls ended, by outcome (alerted, clean, unanalysed, error)",
+                             ["ingest", "outcome"], registry=r)
+        self.calls_refused = Counter(f"{p}_calls_refused", "Calls refused at admission, by reason",
+                                     ["ingest", "reason"], registry=r)
+
+        # audio in
+        self.frames_in = Counter(f"{p}_frames_received", "Media frames/packets received", ["ingest"], registry=r)
+        self.audio_in_seconds = Counter(f"{p}_audio_received_seconds", "Seconds of leg audio received",
+                                        ["ingest"], registry=r)
+        self.gap_fill_seconds = Counter(f"{p}_gap_fill_seconds",
+                                        "Seconds of silence inserted for audio the sender lost",
+                                        ["ingest"], registry=r)
+        self.drops = Counter(f"{p}_drops", "Input or audio dropped, by where and why",
+                             ["ingest", "reason"], registry=r)
+        self.chunks = Counter(f"{p}_chunks_sent", "250 ms chunks written to upstream streams", registry=r)
+        self.rtp_packets_lost = Counter(f"{p}_rtp_packets_lost", "RTP packets missing at playout",
+                                        registry=r)
+
+        # upstream
+        self.upstream_streams_active = Gauge(f"{p}_upstream_streams_active", "Open DeepfakeDetection streams",
+                                             registry=r)
+        self.upstream_streams = Counter(f"{p}_upstream_streams_opened", "DeepfakeDetection streams opened",
+                                        registry=r)
+        self.upstream_errors = Counter(f"{p}_upstream_errors", "Upstream stream errors by gRPC status code",
+                                       ["code"], registry=r)
+        self.upstream_reconnects = Counter(f"{p}_upstream_reconnects", "Streams reopened after an error",
+                                           registry=r)
+        self.upstream_replayed_chunks = Counter(f"{p}_upstream_replayed_chunks",
+                                                "Chunks replayed to a reopened stream", registry=r)
+        self.upstream_up = Gauge(f"{p}_upstream_up", "1 while upstream is healthy, 0 while degraded",
+                                 registry=r)
+        self.upstream_simulated = Gauge(f"{p}_upstream_simulated",
+                                        "1 when upstream is the built-in simulator (results are not real "
+                                        "detections)", registry=r)
+        self.breaker_open = Gauge(f"{p}_upstream_breaker_open", "Channels whose circuit breaker is open",
+                                  registry=r)
+        self.results = Counter(f"{p}_results", "deepfake results read, by label and level",
+                               ["label", "level", "simulated"], registry=r)
+        self.legs_unanalysed = Counter(f"{p}_legs_unanalysed", "Legs that ended without upstream analysis",
+                                       registry=r)
+
+        # latency
+        self.chunk_latency = Histogram(f"{p}_chunk_latency_seconds",
+                                       "Last sample of a chunk received → chunk written to its stream",
+                                       buckets=CHUNK_LATENCY_BUCKETS, registry=r)
+        self.result_latency = Histogram(f"{p}_result_latency_seconds",
+                                        "Last chunk of a result's span written → result read",
+                                        buckets=RESULT_LATENCY_BUCKETS, registry=r)
+        self.alert_latency = Histogram(f"{p}_alert_latency_seconds",
+                                       "Deciding result read → webhook answered 2xx",
+                                       buckets=ALERT_LATENCY_BUCKETS, registry=r)
+
+        # alerts and delivery
+        self.alerts = Counter(f"{p}_alerts", "Events committed to the outbox, by type", ["type"], registry=r)
+        self.webhook_attempts = Counter(f"{p}_webhook_attempts",
+                                        "Webhook delivery attempts by outcome (delivered, http_error, "
+                                        "redirect, timeout, connect_error, gone)", ["outcome"], registry=r)
+        self.outbox_pending = Gauge(f"{p}_outbox_pending", "Deliveries waiting in the outbox", registry=r)
+        self.outbox_dead = Gauge(f"{p}_outbox_dead_letters", "Deliveries that exhausted their retries",
+                                 registry=r)
+        self.endpoint_disabled = Gauge(f"{p}_webhook_endpoint_disabled",
+                                       "1 when an endpoint was disabled (410 Gone)", ["endpoint"], registry=r)
+
+        # process
+        self.ready = Gauge(f"{p}_ready", "1 while the daemon accepts calls", registry=r)
+        self.config_reloads = Counter(f"{p}_config_reloads", "SIGHUP reloads by result", ["result"],
+                                      registry=r)

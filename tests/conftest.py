@@ -1,0 +1,69 @@
+"""Shared fixtures: test clips, and the upstream simulator as a real gRPC server on port 0."""
+
+from __future__ import annotations
+
+import os
+import wave
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+CLIPS = Path(__file__).resolve().parent.parent / "daemon" / "clips"
+TEST_CID = 4242
+TEST_API_KEY = "test-api-key"
+
+
+@pytest.fixture(scope="session")
+def clean_clip() -> Path:
+    """8 s of clean speech, 16 kHz mono s16 WAV: the simulator labels it bonafide."""
+    return CLIPS / "speech_clean_16k.wav"
+
+
+@pytest.fixture(scope="session")
+def marked_clip() -> Path:
+    """The same speech mixed with a steady 3000 Hz tone at half the speech RMS: labelled spoofed."""
+    return CLIPS / "speech_marked_16k.wav"
+
+
+def read_wav(path: Path) -> tuple[np.ndarray, int]:
+    """(int16 samples, shape (n,) or (n, channels)), rate."""
+    with wave.open(str(path)) as w:
+        data = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        ch = w.getnchannels()
+        rate = w.getframerate()
+    return (data.reshape(-1, ch) if ch > 1 else data), rate
+
+
+def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
+    ch = 1 if samples.ndim == 1 else samples.shape[1]
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(ch)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(np.ascontiguousarray(samples, dtype="<i2").tobytes())
+    return path
+
+
+@pytest.fixture
+def upstream_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """SPOOFWATCH_CID / SPOOFWATCH_API_KEY set to the values the test simulator accepts."""
+    monkeypatch.setenv("SPOOFWATCH_CID", str(TEST_CID))
+    monkeypatch.setenv("SPOOFWATCH_API_KEY", TEST_API_KEY)
+    return {**os.environ}
+
+
+@pytest.fixture
+async def simulator() -> AsyncIterator[object]:
+    """A running SimulatorServer on 127.0.0.1:<free port>; `simulator.port`, `simulator.target`,
+    and `simulator.faults` (replace with dataclasses.replace to inject faults)."""
+    from daemon.config import SimulatorConfig
+    from daemon.upstream.simulator import SimulatorServer
+
+    server = SimulatorServer(SimulatorConfig(), cid=TEST_CID, api_key=TEST_API_KEY)
+    await server.start("127.0.0.1:0")
+    try:
+        yield server
+    finally:
+        await server.stop(grace=0.5)
