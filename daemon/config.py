@@ -182,7 +182,7 @@ class WebhookConfig:
     url: str = opt("", "http(s) URL the events are POSTed to")
     secret_env: str = opt("SPOOFWATCH_WEBHOOK_SECRET", "environment variable with the whsec_… secret "
                           "(several, space-separated, during key rotation: all are used to sign)")
-    events: list[str] = opt([], "event types sent to this endpoint ([]: all)")
+    events: list[str] = field(default_factory=list, metadata=_meta("event types sent to this endpoint ([]: all)"))
     timeout_s: float = opt(15.0, "request timeout", min=0.1, max=300)
 
 
