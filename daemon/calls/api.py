@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import numpy as np
+import numpy.typing as npt
+
 from daemon.model import AudioFormat, CallInfo
 
 
@@ -26,6 +29,11 @@ class LegSink(Protocol):
     def push(self, payload: bytes, received_at: float) -> None:
         """Encoded audio in the leg's AudioFormat (μ-law bytes, L16 bytes, one G.722/Opus frame).
         `received_at` is the monotonic time the bytes arrived (chunk latency starts there)."""
+        ...
+
+    def push_pcm(self, samples: npt.NDArray[np.int16], rate: int, received_at: float) -> None:
+        """Already-decoded mono int16 audio at `rate` Hz (RTP decodes by each packet's payload type and
+        batches ~100 ms per call). A change of `rate` mid-leg is allowed (the resampler is rebuilt)."""
         ...
 
     def push_silence(self, seconds: float, received_at: float) -> None:
