@@ -23,7 +23,7 @@ run: setup
 # Install system peers (ffmpeg, sox, espeak-ng, SIPp, GStreamer, promtool) when missing, then the whole suite.
 test: setup system-deps
 	@# pytest exits 5 when it collected nothing; make would turn that into 2, so map it here.
-	$(BIN)/python -m pytest tests; rc=$$?; [ $$rc -eq 5 ] && { echo "no tests collected"; rc=0; }; exit $$rc
+	$(BIN)/python -m pytest -n 2 tests; rc=$$?; [ $$rc -eq 5 ] && { echo "no tests collected"; rc=0; }; exit $$rc
 
 system-deps:
 	@bash scripts/system-deps.sh
