@@ -221,7 +221,8 @@ class Daemon:
 
     def _log_banner(self) -> None:
         cfg = self.cfg
-        log.info("spoofwatch %s ready; config %s", __version__, cfg.source)
+        log.info("spoofwatch %s ready; config %s", __version__, cfg.source,
+                 extra={"ports": dict(self.ports), "simulated": self.simulated})
         if "twilio" in self.ports:
             host = parse_hostport(cfg.ingest.twilio.listen)[0]
             url = f"ws://{host}:{self.ports['twilio']}{cfg.ingest.twilio.path}"

@@ -46,6 +46,10 @@ class Metrics:
                                         ["ingest"], registry=r)
         self.drops = Counter(f"{p}_drops", "Input or audio dropped, by where and why",
                              ["ingest", "reason"], registry=r)
+        self.ingest_lag_seconds = Counter(f"{p}_ingest_lag_seconds",
+                                          "Seconds media arrived later than its own timestamps imply (our socket "
+                                          "or the network stalled; nothing lost, nothing filled)",
+                                          ["ingest"], registry=r)
         self.chunks = Counter(f"{p}_chunks_sent", "250 ms chunks written to upstream streams", registry=r)
         self.rtp_packets_lost = Counter(f"{p}_rtp_packets_lost", "RTP packets missing at playout",
                                         registry=r)

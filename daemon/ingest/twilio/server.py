@@ -1,0 +1,323 @@
+"""Twilio Media Streams websocket server: the thin I/O shell around `TwilioStreamParser`.
+
+Per connection: upgrade (path, capacity and optional X-Twilio-Signature checked in the handshake)
+→ messages parsed → on `start` the call is admitted → each track is its own leg ("inbound",
+"outbound", PCMU 8 kHz), opened at its first media, never mixed → `stop` or socket close ends the
+call. We are a listen-only fork: nothing is ever sent to Twilio.
+
+Call ids: the callSid; a second stream of the same call (stacked `<Start><Stream>`, or a restarted
+fork while the earlier one still finishes) gets "<callSid>:<streamSid>". Metadata = the stream's
+customParameters plus call_sid, stream_sid, account_sid (those three win over same-named parameters).
+
+Refusals and closes:
+- path other than `cfg.path` → HTTP 404; bad or missing signature → HTTP 403 (drops reason
+  `signature_invalid` / `signature_missing`).
+- after `stop_accepting()` or with `cfg.max_calls` sockets open → HTTP 503 on the upgrade: Twilio
+  treats a failed upgrade as a stream error, the call itself goes on.
+- a `start` refused by admission (or arriving while not accepting) → close 1013 (try again later)
+  with the refusal reason.
+- fatal protocol problems → close 1003 (unsupported_media_format), 1009 (oversize: websockets
+  enforces `max_frame_bytes` itself) or 1008 (policy violation: bad_start, too_many_errors, no start
+  within `start_timeout_s`).
+- `close()` → open calls end with reason "shutdown", sockets close 1001 (going away).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import socket
+from dataclasses import dataclass, field
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.frames import CloseCode
+from websockets.http11 import Request, Response
+
+from daemon.calls.api import CallAdmission, CallHandle, CallRefused, LegSink
+from daemon.clock import Clock
+from daemon.config import ConfigError, TwilioIngestConfig, parse_hostport, read_secret
+from daemon.ingest.twilio.protocol import (
+    Dtmf,
+    Gap,
+    Lag,
+    Media,
+    Problem,
+    Started,
+    Stopped,
+    TwilioEvent,
+    TwilioStreamParser,
+)
+from daemon.ingest.twilio.signature import SIGNATURE_HEADER, expected_url, signature_valid
+from daemon.model import PCMU_8K, CallInfo
+from daemon.ops.metrics import Metrics
+
+log = logging.getLogger("spoofwatch.ingest.twilio")
+
+INGEST = "twilio"
+#: A socket that has not sent a valid `start` by then is not a Twilio stream.
+START_TIMEOUT_S = 10.0
+
+_FATAL_CLOSE_CODES = {
+    "unsupported_media_format": CloseCode.UNSUPPORTED_DATA,
+    "oversize": CloseCode.MESSAGE_TOO_BIG,
+}
+
+
+@dataclass(eq=False)  # identity semantics: streams live in a set
+class _Stream:
+    """One websocket's state; lives only as long as its handler."""
+
+    ws: ServerConnection
+    parser: TwilioStreamParser
+    call_sid: str = ""
+    call_id: str = ""
+    handle: CallHandle | None = None
+    legs: dict[str, LegSink | None] = field(default_factory=dict)  # None: the leg could not be opened
+    ended: bool = False
+    problems: int = 0
+
+    def end(self, reason: str) -> None:
+        if self.handle is not None and not self.ended:
+            self.ended = True
+            self.handle.end(reason)
+
+
+class TwilioIngest:
+    """Accepts Twilio (and SignalWire) Media Streams and feeds each call to `admission`."""
+
+    def __init__(
+        self,
+        cfg: TwilioIngestConfig,
+        admission: CallAdmission,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        start_timeout_s: float = START_TIMEOUT_S,
+    ) -> None:
+        self.cfg = cfg
+        self.admission = admission
+        self.metrics = metrics
+        self.clock = clock
+        self.start_timeout_s = start_timeout_s
+        self._server: Server | None = None
+        self._accepting = True
+        self._token: str | None = None
+        self._streams: set[_Stream] = set()
+        #: callSid → streams of it still open: a second fork of the same call gets its own call id
+        self._by_call_sid: dict[str, int] = {}
+
+    # lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> int:
+        """Bind and listen; returns the bound port. Raises ConfigError when the signature check is on
+        but the auth token is missing."""
+        if self.cfg.validate_signature:
+            self._token = read_secret(self.cfg.auth_token_env)
+            if not self._token:
+                raise ConfigError(
+                    f"ingest.twilio.validate_signature is true but {self.cfg.auth_token_env} is not set "
+                    "(the Twilio auth token: environment variable or systemd credential)"
+                )
+        host, port = parse_hostport(self.cfg.listen)
+        self._server = await serve(
+            self._handle_connection,
+            host,
+            port,
+            process_request=self._process_request,
+            max_size=self.cfg.max_frame_bytes,
+            # Twilio sends small JSON frames; a compression context per socket would cost memory per call.
+            compression=None,
+            server_header=None,
+        )
+        sock: socket.socket = self._server.sockets[0]
+        bound: int = sock.getsockname()[1]
+        log.info("twilio ingest listening on %s:%d%s", host, bound, self.cfg.path)
+        return bound
+
+    def stop_accepting(self) -> None:
+        """New upgrades get HTTP 503; streams already open go on until they stop or `close()`."""
+        self._accepting = False
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """End open calls (reason "shutdown"), close their sockets with 1001, wait for handlers."""
+        self._accepting = False
+        for stream in list(self._streams):
+            stream.end("shutdown")
+        if self._server is None:
+            return
+        self._server.close(close_connections=True)
+        try:
+            async with asyncio.timeout(timeout):
+                await self._server.wait_closed()
+        except TimeoutError:
+            log.warning("twilio ingest: %d sockets still open after %.1f s", len(self._streams), timeout)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    # handshake ---------------------------------------------------------------------------------
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path != self.cfg.path:
+            return connection.respond(http.HTTPStatus.NOT_FOUND, "Not Found\n")
+        if not self._accepting:
+            self.metrics.calls_refused.labels(INGEST, "shutting_down").inc()
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Not accepting calls\n")
+        if len(self._streams) >= self.cfg.max_calls:
+            self.metrics.calls_refused.labels(INGEST, "ingest_max_calls").inc()
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many streams\n")
+        if self._token is not None:
+            given = request.headers.get(SIGNATURE_HEADER)
+            url = expected_url(self.cfg.public_base_url, request.headers.get("Host"), request.path)
+            if not signature_valid(self._token, url, given):
+                reason = "signature_missing" if not given else "signature_invalid"
+                self.metrics.drops.labels(INGEST, reason).inc()
+                log.warning("twilio upgrade refused: %s for %s", reason, url)
+                return connection.respond(http.HTTPStatus.FORBIDDEN, "Forbidden\n")
+        return None
+
+    # connection --------------------------------------------------------------------------------
+    async def _handle_connection(self, ws: ServerConnection) -> None:
+        parser = TwilioStreamParser(
+            gap_fill_max_s=self.cfg.gap_fill_max_ms / 1000,
+            max_message_chars=self.cfg.max_frame_bytes,
+        )
+        stream = _Stream(ws, parser)
+        self._streams.add(stream)
+        try:
+            reason = await self._run(stream)
+            stream.end(reason)
+        except Exception:
+            # One broken stream never touches another: log with its call id, count, close it.
+            log.exception("twilio stream failed", extra={"call_id": stream.call_id or "-"})
+            self.metrics.drops.labels(INGEST, "handler_error").inc()
+            stream.end("error")
+            await ws.close(CloseCode.INTERNAL_ERROR, "internal error")
+        finally:
+            stream.end("disconnected")
+            self._streams.discard(stream)
+            if stream.call_sid:
+                left = self._by_call_sid.get(stream.call_sid, 1) - 1
+                if left > 0:
+                    self._by_call_sid[stream.call_sid] = left
+                else:
+                    self._by_call_sid.pop(stream.call_sid, None)
+
+    async def _run(self, stream: _Stream) -> str:
+        """Read until the stream stops or the socket closes; returns the call's end reason."""
+        ws = stream.ws
+        while True:
+            try:
+                if stream.handle is None:
+                    async with asyncio.timeout(self.start_timeout_s):
+                        message = await ws.recv()
+                else:
+                    message = await ws.recv()
+            except TimeoutError:
+                self.metrics.drops.labels(INGEST, "no_start").inc()
+                await ws.close(CloseCode.POLICY_VIOLATION, "no start message")
+                return "no_start"
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                    self.metrics.drops.labels(INGEST, "oversize").inc()
+                    return "oversize"
+                return "disconnected"
+            now = self.clock.monotonic()
+            if isinstance(message, str):
+                events = stream.parser.receive_text(message, now)
+            else:
+                events = stream.parser.receive_binary(message)
+            for event in events:
+                close = self._apply(stream, event, now)
+                if close is not None:
+                    code, reason = close
+                    await ws.close(code, reason[:120])
+                    return reason
+
+    def _apply(self, stream: _Stream, event: TwilioEvent, now: float) -> tuple[int, str] | None:
+        """Act on one event; returns (close code, reason) when the socket must close."""
+        if isinstance(event, Media):
+            self.metrics.frames_in.labels(INGEST).inc()
+            sink = self._leg(stream, event.track)
+            if sink is not None:
+                sink.push(event.payload, now)
+        elif isinstance(event, Gap):
+            sink = self._leg(stream, event.track)
+            if sink is not None and event.fill_seconds > 0:
+                sink.push_silence(event.fill_seconds, now)  # the sink counts gap_fill_seconds
+            if event.seconds > event.fill_seconds:
+                self.metrics.drops.labels(INGEST, "gap_unfilled").inc()
+            log.debug("twilio lost %.3f s on %s", event.seconds, event.track, extra={"call_id": stream.call_id})
+        elif isinstance(event, Lag):
+            self.metrics.ingest_lag_seconds.labels(INGEST).inc(event.seconds)
+        elif isinstance(event, Dtmf):
+            if stream.handle is not None:
+                stream.handle.dtmf(event.track, event.digit)
+        elif isinstance(event, Started):
+            return self._admit(stream, event)
+        elif isinstance(event, Stopped):
+            stream.end("stop")
+            return CloseCode.NORMAL_CLOSURE, "stop"
+        elif isinstance(event, Problem):
+            self.metrics.drops.labels(INGEST, event.reason).inc()
+            stream.problems += 1
+            # the first problem of a stream is worth a line; a peer repeating it must not flood the log
+            level = logging.WARNING if event.fatal else logging.INFO if stream.problems == 1 else logging.DEBUG
+            log.log(level, "twilio %s: %s", event.reason, event.detail, extra={"call_id": stream.call_id or "-"})
+            if event.fatal:
+                stream.end(f"protocol_error:{event.reason}")
+                return _FATAL_CLOSE_CODES.get(event.reason, CloseCode.POLICY_VIOLATION), event.reason
+        # Connected and Mark need nothing from a listen-only fork.
+        return None
+
+    def _admit(self, stream: _Stream, started: Started) -> tuple[int, str] | None:
+        call_sid = started.call_sid
+        # Stacked <Start><Stream> forks of one call: each needs its own call id.
+        call_id = call_sid if call_sid not in self._by_call_sid else f"{call_sid}:{started.stream_sid}"
+        metadata = {
+            **started.custom_parameters,
+            "call_sid": call_sid,
+            "stream_sid": started.stream_sid,
+            "account_sid": started.account_sid,
+        }
+        if not self._accepting:
+            self.metrics.calls_refused.labels(INGEST, "shutting_down").inc()
+            return CloseCode.TRY_AGAIN_LATER, "shutting_down"
+        try:
+            # The admission counts its own refusals (calls_refused), so they are not counted here.
+            try:
+                stream.handle = self.admission.admit(CallInfo(call_id=call_id, ingest=INGEST, metadata=metadata))
+            except CallRefused as exc:
+                if exc.reason != "duplicate_call_id" or call_id != call_sid:
+                    raise
+                # A restarted fork of a call whose earlier stream is still finishing (final results).
+                call_id = f"{call_sid}:{started.stream_sid}"
+                stream.handle = self.admission.admit(CallInfo(call_id=call_id, ingest=INGEST, metadata=metadata))
+        except CallRefused as exc:
+            log.info("twilio stream refused: %s", exc.reason, extra={"call_id": call_id})
+            return CloseCode.TRY_AGAIN_LATER, exc.reason
+        stream.call_sid = call_sid
+        stream.call_id = call_id
+        self._by_call_sid[call_sid] = self._by_call_sid.get(call_sid, 0) + 1
+        log.info("twilio stream started", extra={"call_id": call_id, "stream_sid": started.stream_sid,
+                                                 "tracks": list(started.tracks)})
+        return None
+
+    def _leg(self, stream: _Stream, track: str) -> LegSink | None:
+        if track in stream.legs:
+            return stream.legs[track]
+        sink: LegSink | None = None
+        if stream.handle is not None and not stream.ended:
+            try:
+                sink = stream.handle.open_leg(track, PCMU_8K)
+            except Exception:
+                # e.g. the call was ended by a drain while media still flows: drop this track's audio
+                log.warning("could not open leg %s", track, exc_info=True, extra={"call_id": stream.call_id})
+                self.metrics.drops.labels(INGEST, "leg_open_failed").inc()
+        stream.legs[track] = sink
+        return sink
+
+
+__all__ = ["START_TIMEOUT_S", "TwilioIngest"]

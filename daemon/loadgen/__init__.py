@@ -1,0 +1,1 @@
+"""Load generators that play test calls into a running daemon (`spoofwatch loadgen twilio|rtp`)."""
