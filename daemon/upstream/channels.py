@@ -1,0 +1,120 @@
+"""A pool of grpc.aio channels, each its own HTTP/2 connection, with a circuit breaker per channel.
+
+One HTTP/2 connection caps its concurrent streams, so legs are spread over several channels; the
+least-loaded channel whose breaker allows it is picked. Distinct channel arguments plus a local
+subchannel pool make each channel a separate TCP connection.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from daemon.clock import Clock
+from daemon.ops.metrics import Metrics
+from daemon.upstream.pb import api_pb2_grpc
+
+
+class CircuitBreaker:
+    """closed → (N consecutive failures) → open for `open_s` → half-open (one trial) → closed/open."""
+
+    def __init__(self, failures: int, open_s: float) -> None:
+        self.failures_to_open = failures
+        self.open_s = open_s
+        self.state = "closed"
+        self.consecutive_failures = 0
+        self.opened_at = 0.0
+        self._trial_out = False
+
+    def allow(self, now: float) -> bool:
+        if self.state == "open" and now - self.opened_at >= self.open_s:
+            self.state = "half_open"
+            self._trial_out = False
+        if self.state == "half_open":
+            if self._trial_out:
+                return False
+            self._trial_out = True
+            return True
+        return self.state == "closed"
+
+    def record_success(self) -> None:
+        self.state = "closed"
+        self.consecutive_failures = 0
+        self._trial_out = False
+
+    def record_failure(self, now: float) -> None:
+        self.consecutive_failures += 1
+        if self.state == "half_open" or self.consecutive_failures >= self.failures_to_open:
+            self.state = "open"
+            self.opened_at = now
+            self._trial_out = False
+
+
+@dataclass(eq=False)
+class PooledChannel:
+    index: int
+    channel: grpc.aio.Channel
+    stub: Any
+    breaker: CircuitBreaker
+    active: int = 0
+    opened_streams: int = 0
+    peers: set[str] = field(default_factory=set)
+
+
+class ChannelPool:
+    def __init__(self, target: str, *, tls: bool, size: int, keepalive_s: float, max_streams_per_channel: int,
+                 breaker_failures: int, breaker_open_s: float, clock: Clock, metrics: Metrics) -> None:
+        self.target = target
+        self.clock = clock
+        self.metrics = metrics
+        self.max_streams_per_channel = max_streams_per_channel
+        self.channels: list[PooledChannel] = []
+        for i in range(size):
+            options = [
+                ("grpc.use_local_subchannel_pool", 1),  # no sharing of connections between channels
+                ("spoofwatch.channel_index", i),  # distinct args: a distinct connection
+                ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
+                ("grpc.keepalive_timeout_ms", 10000),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.max_pings_without_data", 0),
+                ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            ]
+            if tls:
+                channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            else:
+                channel = grpc.aio.insecure_channel(target, options=options)
+            self.channels.append(PooledChannel(i, channel, api_pb2_grpc.BehavioralStreamingApiStub(channel),
+                                               CircuitBreaker(breaker_failures, breaker_open_s)))
+
+    def acquire(self) -> PooledChannel | None:
+        """The least-loaded channel whose breaker allows a stream, or None when all are open."""
+        now = self.clock.monotonic()
+        allowed = [c for c in sorted(self.channels, key=lambda c: c.active) if c.breaker.allow(now)]
+        self._update_breaker_gauge()
+        if not allowed:
+            return None
+        under_cap = [c for c in allowed if c.active < self.max_streams_per_channel]
+        chosen = (under_cap or allowed)[0]
+        chosen.active += 1
+        chosen.opened_streams += 1
+        return chosen
+
+    def release(self, ch: PooledChannel) -> None:
+        ch.active = max(0, ch.active - 1)
+
+    def record_success(self, ch: PooledChannel) -> None:
+        ch.breaker.record_success()
+        self._update_breaker_gauge()
+
+    def record_failure(self, ch: PooledChannel) -> None:
+        ch.breaker.record_failure(self.clock.monotonic())
+        self._update_breaker_gauge()
+
+    def _update_breaker_gauge(self) -> None:
+        self.metrics.breaker_open.set(sum(1 for c in self.channels if c.breaker.state == "open"))
+
+    async def close(self) -> None:
+        for ch in self.channels:
+            await ch.channel.close(None)
