@@ -81,7 +81,8 @@ def encode_alaw(samples: Pcm) -> bytes:
     magnitude = np.minimum(magnitude, 32767)
     exponent = _segment(magnitude, 0x100)
     mantissa = np.where(exponent == 0, (magnitude >> 4) & 0x0F, (magnitude >> (exponent + 3)) & 0x0F)
-    return (((sign | (exponent << 4) | mantissa) ^ 0x55) & 0xFF).astype(np.uint8).tobytes()
+    code = ((sign | (exponent << 4) | mantissa) ^ 0x55) & 0xFF
+    return bytes(np.asarray(code, dtype=np.uint8).tobytes())
 
 
 def decode_l16(payload: bytes, *, big_endian: bool) -> Pcm:
@@ -102,7 +103,8 @@ def _to_mono(samples: Pcm, channels: int) -> Pcm:
         return samples
     usable = len(samples) - len(samples) % channels
     frames = samples[:usable].reshape(-1, channels).astype(np.int32)
-    return (frames.sum(axis=1) // channels).astype(np.int16)
+    mono: Pcm = (frames.sum(axis=1) // channels).astype(np.int16)
+    return mono
 
 
 class _G711Decoder:
@@ -134,10 +136,11 @@ class _AvDecoder:
         import av
 
         self._av: Any = av
-        self._ctx: Any = av.CodecContext.create(codec_name, "r")
-        self._ctx.sample_rate = out_rate
+        ctx: Any = av.CodecContext.create(codec_name, "r")
+        self._ctx = ctx
+        ctx.sample_rate = out_rate
         try:
-            self._ctx.layout = "stereo" if channels == 2 else "mono"
+            ctx.layout = "stereo" if channels == 2 else "mono"
         except (AttributeError, ValueError):
             pass
         self.out_rate = out_rate

@@ -47,7 +47,7 @@ class OpsHttpServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         accept = request.headers.get("Accept", "")
         if "application/openmetrics-text" in accept:
-            body = openmetrics.generate_latest(self.metrics.registry)
+            body = openmetrics.generate_latest(self.metrics.registry)  # type: ignore[no-untyped-call]
             content_type = openmetrics.CONTENT_TYPE_LATEST
         else:
             body = generate_latest(self.metrics.registry)
