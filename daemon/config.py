@@ -151,6 +151,12 @@ class RtpIngestConfig:
     control_listen: str = opt("127.0.0.1:9109", "HOST:PORT of the RTP session control API")
     control_token_env: str = opt("SPOOFWATCH_RTP_TOKEN", "environment variable with the control API bearer token")
     max_calls: int = opt(1000, "concurrent RTP calls", min=1, max=100000)
+    dynamic_payload_types: list[str] = field(
+        default_factory=lambda: ["96 opus/48000/2", "111 opus/48000/2", "118 L16/16000"],
+        metadata=_meta('default map of dynamic payload types ("PT name/rate[/channels]"); the control API can '
+                       "give each session its own (from the SDP's a=rtpmap lines)"))
+    datagram_max_bytes: int = opt(2048, "bytes asked of each recvfrom (0: asyncio's stock 256 KiB, measurably "
+                                  "slower per packet)", min=0, max=262144)
 
 
 @dataclass(frozen=True)
@@ -277,6 +283,12 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError("ingest.twilio.public_base_url: must start with wss:// (or ws://)")
     if cfg.ingest.rtp.port_max <= cfg.ingest.rtp.port_min:
         raise ConfigError("ingest.rtp.port_max: must be greater than ingest.rtp.port_min")
+    from daemon.ingest.rtp.codecmap import CodecMapError, parse_map
+
+    try:
+        parse_map(cfg.ingest.rtp.dynamic_payload_types)
+    except CodecMapError as exc:
+        raise ConfigError(f"ingest.rtp.dynamic_payload_types: {exc}") from None
     if cfg.upstream.retry_max_ms < cfg.upstream.retry_initial_ms:
         raise ConfigError("upstream.retry_max_ms: must be at least upstream.retry_initial_ms")
     for i, hook in enumerate(cfg.webhook):
