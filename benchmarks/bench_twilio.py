@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import (  # noqa: E402
+from benchmarks.common import (
     ROOT,
     buckets,
     cpu_seconds,
@@ -115,7 +115,7 @@ async def one_run(calls: int, args: argparse.Namespace, work: Path) -> dict[str,
             # wait for every call's summary to be committed (final results are in)
             legs = 2 if args.track == "both" else 1
             async with asyncio.timeout(120):
-                while sum(v for _, v in samples(scrape(ports["http"]), "spoofwatch_calls_total")) < calls:
+                while sum(v for _, v in samples(scrape(ports["http"]), "spoofwatch_calls_total")) < calls:  # noqa: ASYNC110
                     await asyncio.sleep(0.5)
             cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
             await asyncio.sleep(2.0)  # let the last webhooks land

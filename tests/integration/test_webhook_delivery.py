@@ -39,7 +39,7 @@ async def stop(sender: WebhookSender, task: asyncio.Task[None]) -> None:
 
 async def until(predicate: object, timeout: float = 10.0) -> None:
     async with asyncio.timeout(timeout):
-        while not predicate():  # type: ignore[operator]
+        while not predicate():  # type: ignore[operator]  # noqa: ASYNC110 (polls SQLite state, no event to await)
             await asyncio.sleep(0.02)
 
 

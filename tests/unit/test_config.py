@@ -90,8 +90,8 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_good_values_and_int_for_float() -> None:
-    cfg = parse_config({"policy": {"spoofed_threshold": 1}, "upstream": {"target": "streaming.behavioralsignals.com:443",
-                                                                         "tls": True},
+    cfg = parse_config({"policy": {"spoofed_threshold": 1},
+                        "upstream": {"target": "streaming.behavioralsignals.com:443", "tls": True},
                         "webhook": [{"url": "https://h/x", "events": ["call.summary"]}]})
     assert cfg.policy.spoofed_threshold == 1.0 and isinstance(cfg.policy.spoofed_threshold, float)
     assert cfg.upstream.tls and cfg.webhook[0].events == ["call.summary"]
