@@ -6,7 +6,9 @@
 - when a packet arrives `window` or more ahead, the missing ones before it are declared lost
   (counted; the gap is later filled with silence from the timestamp delta by the caller);
 - a new SSRC starts a new sub-stream (senders switch SSRC mid-call): what was buffered for the old
-  one is released first.
+  one is released first;
+- at the start of a sub-stream packets are held until `window` have arrived or `start_playout()`
+  is called (the ingest does at its next tick), so reordering of the very first packets is undone too.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class JitterBuffer:
         self.stats = JitterStats()
         self._ssrc: int | None = None
         self._next: int | None = None  # next sequence number to release
+        self._started = False
         self._held: dict[int, RtpPacket] = {}
 
     def push(self, pkt: RtpPacket) -> list[RtpPacket]:
@@ -45,6 +48,17 @@ class JitterBuffer:
         self._ssrc = pkt.ssrc
         if self._next is None:
             self._next = pkt.sequence
+            self._started = False
+        if not self._started:
+            if pkt.sequence in self._held:
+                self.stats.duplicates += 1
+                return out
+            if (self._next - pkt.sequence) & 0xFFFF < 0x8000:  # earlier than anything held: playout starts there
+                self._next = pkt.sequence
+            self._held[pkt.sequence] = pkt
+            if len(self._held) >= self.window:
+                out += self.start_playout()
+            return out
         delta = (pkt.sequence - self._next) & 0xFFFF
         if delta >= 0x8000:  # behind the playout point
             self.stats.late += 1
@@ -59,6 +73,16 @@ class JitterBuffer:
             out += self._release_or_skip()
         out += self._release_ready()
         return out
+
+    def start_playout(self) -> list[RtpPacket]:
+        """Stop waiting for early reordered packets: release from the earliest held one."""
+        if self._started or self._next is None:
+            return []
+        self._started = True
+        out: list[RtpPacket] = []
+        while self._held and (max(((s - self._next) & 0xFFFF) for s in self._held)) >= self.window:
+            out += self._release_or_skip()
+        return out + self._release_ready()
 
     def _release_ready(self) -> list[RtpPacket]:
         out = []

@@ -257,6 +257,7 @@ class RtpIngest:
         idle_after = self.cfg.inactivity_timeout_ms / 1000
         try:
             for leg in list(self.legs.values()):
+                leg.backlog.extend(leg.jitter.start_playout())  # a new sub-stream waits at most one tick
                 if leg.backlog:
                     self._flush_leg(leg, now)
                 if now - leg.last_arrival >= idle_after:
