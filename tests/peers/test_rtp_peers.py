@@ -15,9 +15,9 @@ import pytest
 
 from tests.e2e.harness import ROOT, receiver, start_daemon
 
+HAVE_PEERS = all(shutil.which(tool) for tool in ("ffmpeg", "gst-launch-1.0", "sipp"))
 pytestmark = [pytest.mark.peer, pytest.mark.slow,
-              pytest.mark.skipif(not (shutil.which("ffmpeg") and shutil.which("gst-launch-1.0") and shutil.which("sipp")),
-                                 reason="needs ffmpeg, gstreamer and sipp (scripts/system-deps.sh)")]
+              pytest.mark.skipif(not HAVE_PEERS, reason="needs ffmpeg, gstreamer and sipp (scripts/system-deps.sh)")]
 
 CLIPS = ROOT / "daemon" / "clips"
 TOKEN = "peer-test-token"
@@ -124,8 +124,8 @@ async def test_real_rtp_senders_give_the_right_verdicts(tmp_path: Path) -> None:
                                                         "legs": [{"name": "caller", "codec_map": codec_map}]}) as resp:
                         assert resp.status == 201, await resp.text()
                         ports[f"{codec}-{clip}"] = (await resp.json())["legs"][0]["port"]
-                async with http.post(control, json={"call_id": "x", "legs": [{"name": "a",
-                                                                              "codec_map": {"97": "speex/8000"}}]}) as r:
+                bad_leg = {"name": "a", "codec_map": {"97": "speex/8000"}}
+                async with http.post(control, json={"call_id": "x", "legs": [bad_leg]}) as r:
                     assert r.status == 400 and "unknown codec" in (await r.json())["error"]
             async with aiohttp.ClientSession() as http:
                 async with http.get(control) as r:
@@ -134,8 +134,9 @@ async def test_real_rtp_senders_give_the_right_verdicts(tmp_path: Path) -> None:
             senders = []
             for codec, (args, _) in FFMPEG.items():
                 for clip in ("marked", "clean"):
-                    senders.append(run("ffmpeg", "-loglevel", "error", "-re", "-i", str(CLIPS / f"speech_{clip}_16k.wav"),
-                                       "-t", "6", *args, "-f", "rtp", f"rtp://127.0.0.1:{ports[f'{codec}-{clip}']}"))
+                    wav = str(CLIPS / f"speech_{clip}_16k.wav")
+                    senders.append(run("ffmpeg", "-loglevel", "error", "-re", "-i", wav, "-t", "6", *args,
+                                       "-f", "rtp", f"rtp://127.0.0.1:{ports[f'{codec}-{clip}']}"))
             senders.append(run(
                 "gst-launch-1.0", "-q", "filesrc", f"location={CLIPS / 'speech_marked_16k.wav'}", "!", "wavparse", "!",
                 "audioconvert", "!", "audioresample", "!", "audio/x-raw,rate=8000,channels=1", "!", "mulawenc", "!",

@@ -38,6 +38,7 @@ log = logging.getLogger("spoofwatch.ingest.rtp")
 INGEST = "rtp"
 MAX_BACKLOG_PACKETS = 500  # per leg between ticks (10 s of 20 ms packets): beyond it, a flood
 MAX_GAP_FILL_S = 2.0
+BYE_GRACE_S = 0.25  # media that a BYE overtook (separate sockets) still lands in its leg
 
 
 @dataclass
@@ -67,6 +68,7 @@ class PortLeg:
     ended: bool = False
     packets: int = 0
     lost_reported: int = 0
+    bye_at: float | None = None
 
     def __post_init__(self) -> None:
         self.jitter = JitterBuffer(self.window)
@@ -243,13 +245,10 @@ class RtpIngest:
         if leg is None or leg.ended:
             return
         for p in packets:
-            if p.packet_type == RTCP_BYE:
-                # BYE ends the leg once what is buffered has been played out
-                now = self.clock.monotonic()
-                leg.backlog.extend(leg.jitter.flush())
-                self._flush_leg(leg, now)
-                self._end_leg(leg, "rtcp_bye")
-                return
+            if p.packet_type == RTCP_BYE and leg.bye_at is None:
+                # RTCP arrives on its own socket, so it can overtake the last media packets: the leg ends at
+                # a tick after a short grace, once what is buffered has been played out.
+                leg.bye_at = self.clock.monotonic()
 
     # tick: decode in batches, fill gaps, end idle legs --------------------------------------------
     def _on_tick(self) -> None:
@@ -260,10 +259,11 @@ class RtpIngest:
                 leg.backlog.extend(leg.jitter.start_playout())  # a new sub-stream waits at most one tick
                 if leg.backlog:
                     self._flush_leg(leg, now)
-                if now - leg.last_arrival >= idle_after:
+                bye = leg.bye_at is not None and now - leg.bye_at >= BYE_GRACE_S
+                if bye or now - leg.last_arrival >= idle_after:
                     leg.backlog.extend(leg.jitter.flush())
                     self._flush_leg(leg, now)
-                    self._end_leg(leg, "inactivity")
+                    self._end_leg(leg, "rtcp_bye" if bye else "inactivity")
             self._refused_until = {p: t for p, t in self._refused_until.items() if t > now}
         except Exception:
             log.exception("rtp tick failed")
