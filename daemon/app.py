@@ -170,7 +170,8 @@ class Daemon:
             outbox_path = Path(state_dir.split(":")[0]) / outbox_path
         self.outbox = Outbox(outbox_path, self.clock)
         self.sender = WebhookSender(self.outbox, self.endpoints, metrics=self.metrics, clock=self.clock,
-                                    max_attempts=cfg.outbox.max_attempts)
+                                    max_attempts=cfg.outbox.max_attempts,
+                                    retention_s=cfg.outbox.delivered_retention_s)
         self._service_tasks.append(asyncio.create_task(self.sender.run(), name="webhook-sender"))
         ctx = CallContext(metrics=self.metrics, clock=self.clock, streams=self._open_stream,
                           alerts=OutboxAlertSink(self), policy=cfg.policy, detector_host=socket.gethostname(),

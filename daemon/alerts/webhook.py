@@ -30,13 +30,15 @@ USER_AGENT = f"spoofwatch/{__version__}"
 class WebhookSender:
     def __init__(self, outbox: Outbox, endpoints: Sequence[Endpoint], *, metrics: Metrics, clock: Clock,
                  schedule: RetrySchedule | None = None, secrets: Callable[[str], str | None] = read_secret,
-                 max_in_flight: int = 8, max_attempts: int = 12) -> None:
+                 max_in_flight: int = 8, max_attempts: int = 12, retention_s: float = 7 * 86400.0) -> None:
         self.outbox = outbox
         self.metrics = metrics
         self.clock = clock
         self.schedule = schedule or RetrySchedule()
         self._secrets = secrets
         self.max_attempts = max_attempts
+        self.retention_s = retention_s
+        self._next_purge = 0.0
         self._sem = asyncio.Semaphore(max_in_flight)
         self._wake = asyncio.Event()
         self._in_flight: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -95,6 +97,7 @@ class WebhookSender:
             while True:
                 self._wake.clear()
                 self._dispatch_due()
+                self._purge_old()
                 next_at = self.outbox.next_due_at(self._active_keys())
                 wait = 30.0 if next_at is None else min(30.0, max(0.05, next_at - self.clock.wall()))
                 with contextlib.suppress(TimeoutError):
@@ -111,6 +114,15 @@ class WebhookSender:
             task = asyncio.get_running_loop().create_task(self._deliver(d), name=f"webhook:{d.event_id}")
             self._in_flight[key] = task
             task.add_done_callback(functools.partial(self._done, key))
+
+    def _purge_old(self) -> None:
+        """Delivered events are kept `retention_s` (for `outbox list` and replays), then purged hourly."""
+        now = self.clock.wall()
+        if now >= self._next_purge:
+            self._next_purge = now + 3600
+            n = self.outbox.purge_delivered_before(now - self.retention_s)
+            if n:
+                log.info("purged %d delivered events older than %.0f s", n, self.retention_s)
 
     def _done(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(key, None)

@@ -1,0 +1,93 @@
+"""Operations with the real daemon process: SIGHUP reload of the threshold mid-call (a bad file is
+refused and the old config kept), and admission control beyond max_calls."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import CLIPS, read_wav, write_wav
+from tests.e2e.harness import ROOT, receiver, start_daemon, write_config
+
+pytestmark = pytest.mark.slow
+
+
+def faint_marker_clip(path: Path) -> Path:
+    """16 s of speech with a 3000 Hz tone at 0.16 × the speech RMS: every segment's spoofed posterior
+    lands between 0.88 and 0.9995, so a threshold of 1.0 never alerts and 0.5 always does."""
+    speech, rate = read_wav(CLIPS / "speech_clean_16k.wav")
+    x = speech.astype(np.float64)
+    frames = x[: len(x) // 320 * 320].reshape(-1, 320)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    voiced_rms = np.sqrt((frames[rms > 32768 * 10 ** (-45 / 20)] ** 2).mean())
+    t = np.arange(len(x)) / rate
+    mixed = x + np.sqrt(2) * voiced_rms * 0.16 * np.sin(2 * np.pi * 3000 * t)
+    return write_wav(path, np.clip(np.tile(mixed, 2), -32768, 32767).astype(np.int16), rate)
+
+
+async def test_sighup_changes_threshold_mid_call_and_bad_file_is_refused(tmp_path: Path) -> None:
+    clip = faint_marker_clip(tmp_path / "faint.wav")
+    async with receiver() as hook:
+        cfg = tmp_path / "c.toml"
+        strict = "[policy]\nspoofed_threshold = 1.0\n"
+        write_config(cfg, outbox=tmp_path / "o.sqlite3", webhook_url=hook.url, extra=strict)
+        good_text = cfg.read_text()
+        daemon = await start_daemon(cfg)
+        try:
+            url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
+            gen = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "daemon.cli", "loadgen", "twilio", "--url", url, "--calls", "1", "--clip",
+                str(clip), cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            await asyncio.sleep(3.0)
+            cfg.write_text(good_text.replace("spoofed_threshold = 1.0", "spoofed_treshold = 0.5"))
+            daemon.proc.send_signal(signal.SIGHUP)
+            await asyncio.sleep(3.0)
+            assert hook.of_type("call.spoof_detected") == []  # threshold 1.0 still in force
+            cfg.write_text(good_text.replace("spoofed_threshold = 1.0", "spoofed_threshold = 0.5"))
+            daemon.proc.send_signal(signal.SIGHUP)
+            assert await gen.wait() == 0
+            await hook.wait_for(lambda: len(hook.of_type("call.summary")) == 1, timeout=30)
+        finally:
+            assert await daemon.stop() == 0
+    msgs = daemon.messages()
+    assert any("reload refused" in m and "spoofed_treshold" in m for m in msgs), msgs
+    assert any("config reloaded" in m for m in msgs)
+    alerts = hook.of_type("call.spoof_detected")
+    assert len(alerts) == 1 and alerts[0].body["data"]["threshold"] == 0.5
+    assert alerts[0].body["data"]["segment"]["end_s"] > 6.0  # decided after the reload, not before
+    leg = hook.of_type("call.summary")[0].body["data"]["legs"]["inbound"]
+    assert leg["spoofed_segments"] >= 4 and leg["alerted"]
+
+
+async def test_calls_beyond_max_calls_are_refused_cleanly(tmp_path: Path) -> None:
+    async with receiver() as hook:
+        cfg = write_config(tmp_path / "c.toml", outbox=tmp_path / "o.sqlite3", webhook_url=hook.url)
+        cfg.write_text(cfg.read_text().replace("[daemon]\n", "[daemon]\nmax_calls = 2\n", 1))
+        daemon = await start_daemon(cfg)
+        try:
+            url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
+            gen = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "daemon.cli", "loadgen", "twilio", "--url", url, "--calls", "3", "--ramp-s",
+                "1", "--clip", "marked", cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT)
+            out, _ = await gen.communicate()
+            await hook.wait_for(lambda: len(hook.of_type("call.summary")) == 2, timeout=30)
+            import aiohttp
+
+            async with aiohttp.ClientSession() as http:
+                async with http.get(f"http://127.0.0.1:{daemon.ports['http']}/metrics") as r:
+                    metrics = await r.text()
+        finally:
+            assert await daemon.stop() == 0
+    text_out = out.decode()
+    assert gen.returncode == 1 and "calls: 2/3" in text_out and "1013" in text_out, text_out
+    assert 'spoofwatch_calls_refused_total{ingest="twilio",reason="max_calls"} 1.0' in metrics
+    # the two admitted calls ran to the end, each with its alert and a full summary
+    assert len(hook.of_type("call.spoof_detected")) == 2
+    for s in hook.of_type("call.summary"):
+        assert s.body["data"]["legs"]["inbound"]["segments_seen"] >= 3
