@@ -229,13 +229,13 @@ class LegStream:
             done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
             for t in done:
                 if t.exception() is not None:
-                    raise self._classify(t.exception())
+                    raise await self._final_status(call, t.exception())
             if reader in done and not writer.done():
                 raise _Stall("the stream ended before the leg did")
             try:
                 await reader  # the writer half-closed: wait for the last results
-            except BaseException as exc:
-                raise self._classify(exc) from None
+            except Exception as exc:
+                raise await self._final_status(call, exc) from None
         finally:
             self.metrics.upstream_streams_active.dec()
             for t in (writer, reader):
@@ -245,6 +245,19 @@ class LegStream:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
             call.cancel()  # no-op when finished; otherwise the old call would leak
+
+    async def _final_status(self, call: Any, exc: BaseException | None) -> BaseException:
+        """Writing to (or half-closing) a call the server already ended fails with a generic INTERNAL
+        error: the call's own final status says why it ended (e.g. UNAUTHENTICATED), so prefer it."""
+        if call.done():
+            try:
+                code = await call.code()
+                details = await call.details()
+            except Exception:
+                code = None
+            if code is not None and code is not grpc.StatusCode.OK and code in FATAL_CODES:
+                return _Fatal(code, details or "")
+        return self._classify(exc)
 
     @staticmethod
     def _classify(exc: BaseException | None) -> BaseException:
@@ -274,6 +287,8 @@ class LegStream:
             await self._wake.wait()
 
     async def _read(self, call: Any, offset: float, progress: dict[str, float]) -> None:
+        # initial_metadata() answers empty metadata on a dead connection; wait_for_connection() raises
+        await call.wait_for_connection()
         metadata = await call.initial_metadata()
         if metadata is not None:
             for key, _ in metadata:

@@ -196,7 +196,8 @@ class SimulatorServer:
         self.faults = Faults.from_settings(settings)
         self.streams: dict[int, StreamRecord] = {}
         self.streams_opened = 0
-        self._pids = itertools.count(700001)
+        # pids are unique across restarts, as the real service's are
+        self._pids = itertools.count(self.rng.randrange(10**6, 10**9))
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
