@@ -24,6 +24,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.alerts.outbox import Endpoint, Outbox
+from daemon.alerts.schedule import RetrySchedule
 from daemon.alerts.webhook import WebhookSender
 from daemon.calls.registry import CallRegistry
 from daemon.calls.session import CallContext, UpstreamLeg
@@ -170,6 +171,7 @@ class Daemon:
             outbox_path = Path(state_dir.split(":")[0]) / outbox_path
         self.outbox = Outbox(outbox_path, self.clock)
         self.sender = WebhookSender(self.outbox, self.endpoints, metrics=self.metrics, clock=self.clock,
+                                    schedule=RetrySchedule(cfg.outbox.retry_schedule_s),
                                     max_attempts=cfg.outbox.max_attempts,
                                     retention_s=cfg.outbox.delivered_retention_s)
         self._service_tasks.append(asyncio.create_task(self.sender.run(), name="webhook-sender"))

@@ -181,6 +181,11 @@ class OutboxConfig:
     delivered_retention_s: float = opt(7 * 86400.0, "delivered events kept this long, then purged",
                                        min=0, max=366 * 86400)
     max_attempts: int = opt(12, "delivery attempts before an event is dead-lettered", min=1, max=1000)
+    retry_schedule_s: list[float] = field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0,
+                                 86400.0],
+        metadata=_meta("delay before retry n (±20 % jitter; the last repeats; Retry-After is honoured): about 2 days "
+                       "in all by default"))
 
 
 @dataclass(frozen=True)
@@ -291,6 +296,8 @@ def _cross_checks(cfg: Config) -> None:
         raise ConfigError(f"ingest.rtp.dynamic_payload_types: {exc}") from None
     if cfg.upstream.retry_max_ms < cfg.upstream.retry_initial_ms:
         raise ConfigError("upstream.retry_max_ms: must be at least upstream.retry_initial_ms")
+    if not cfg.outbox.retry_schedule_s or any(not 0 < d <= 7 * 86400 for d in cfg.outbox.retry_schedule_s):
+        raise ConfigError("outbox.retry_schedule_s: must be a non-empty list of delays between 0 and 604800 s")
     for i, hook in enumerate(cfg.webhook):
         where = f"webhook[{i}]"
         parts = urlsplit(hook.url)
