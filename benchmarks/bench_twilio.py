@@ -58,7 +58,7 @@ def long_clip(src: Path, repeat: int, dst: Path) -> Path:
 CONFIG = """
 [daemon]
 log_format = "json"
-log_level = "warning"
+log_level = "info"
 max_calls = 5000
 leg_queue_chunks = 80
 drain_timeout_s = 60.0
@@ -85,8 +85,8 @@ async def one_run(calls: int, args: argparse.Namespace, work: Path) -> dict[str,
     os.environ["BENCH_WEBHOOK_SECRET"] = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
     marked = long_clip(ROOT / "daemon/clips/speech_marked_16k.wav", args.clip_repeat, work / "marked.wav")
     clean = long_clip(ROOT / "daemon/clips/speech_clean_16k.wav", args.clip_repeat, work / "clean.wav")
-    sim = await start_simulator(free_port())
-    sim_port = int(sim.info.get("port") or sim.info["line"].rsplit(":", 1)[1].split()[0])
+    sim_port = free_port()
+    sim = await start_simulator(sim_port)
     async with sink_receiver() as hook_port:
         daemon = await start_daemon(CONFIG.format(sim_port=sim_port, channels=args.channels,
                                                   outbox=work / f"outbox-{calls}.sqlite3", hook_port=hook_port), work)

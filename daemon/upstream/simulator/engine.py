@@ -80,8 +80,13 @@ class SimulatorEngine:
         self._pending = data[usable:]
         samples = np.frombuffer(data[:usable], dtype="<i2")
         out: list[SimResult] = []
-        for i in range(0, len(samples), FRAME):
-            out += self._frame(samples[i:i + FRAME])
+        if not len(samples):
+            return out
+        frames = samples.reshape(-1, FRAME)
+        # one vectorised RMS for every 20 ms frame of the message (the per-frame loop only does bookkeeping)
+        rms = np.sqrt(np.mean(frames.astype(np.float64) ** 2, axis=1))
+        for frame, level in zip(frames, rms, strict=True):
+            out += self._frame(frame, float(level))
         return out
 
     def finish(self) -> list[SimResult]:
@@ -89,16 +94,15 @@ class SimulatorEngine:
         if self._pending:
             frame = np.frombuffer(self._pending + b"\x00" * (FRAME * 2 - len(self._pending)), dtype="<i2")
             self._pending = b""
-            out += self._frame(frame)
+            out += self._frame(frame, float(np.sqrt(np.mean(frame.astype(np.float64) ** 2))))
         if self._utterance is not None:
             out += self._end_utterance()
         return out
 
-    def _frame(self, frame: np.ndarray) -> list[SimResult]:
+    def _frame(self, frame: np.ndarray, rms: float) -> list[SimResult]:
         start = self.stream_time_s
         self._frames_seen += 1
         end = self.stream_time_s
-        rms = float(np.sqrt(np.mean(frame.astype(np.float64) ** 2)))
         out: list[SimResult] = []
         if rms >= self._threshold_rms:
             self._silent_frames = 0
