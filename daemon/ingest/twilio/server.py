@@ -107,6 +107,7 @@ class TwilioIngest:
         self._streams: set[_Stream] = set()
         #: callSid → streams of it still open: a second fork of the same call gets its own call id
         self._by_call_sid: dict[str, int] = {}
+        self._frames_in = metrics.frames_in.labels(INGEST)  # resolved once: this is per media message
 
     # lifecycle ---------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -239,7 +240,7 @@ class TwilioIngest:
     def _apply(self, stream: _Stream, event: TwilioEvent, now: float) -> tuple[int, str] | None:
         """Act on one event; returns (close code, reason) when the socket must close."""
         if isinstance(event, Media):
-            self.metrics.frames_in.labels(INGEST).inc()
+            self._frames_in.inc()
             sink = self._leg(stream, event.track)
             if sink is not None:
                 sink.push(event.payload, now)
