@@ -60,6 +60,11 @@ class JitterBuffer:
                 out += self.start_playout()
             return out
         delta = (pkt.sequence - self._next) & 0xFFFF
+        if delta == 0 and not self._held:  # the common case: in order, nothing waiting
+            self._next = (self._next + 1) & 0xFFFF
+            self.stats.released += 1
+            out.append(pkt)
+            return out
         if delta >= 0x8000:  # behind the playout point
             self.stats.late += 1
             return out
@@ -69,8 +74,9 @@ class JitterBuffer:
         if delta > 0:
             self.stats.reordered += 1 if delta < self.window else 0
         self._held[pkt.sequence] = pkt
-        while (max(((s - self._next) & 0xFFFF) for s in self._held) if self._held else 0) >= self.window:
-            out += self._release_or_skip()
+        if delta >= self.window:  # only a packet a full window ahead can force losses (next only advances)
+            while self._held and max(((s - self._next) & 0xFFFF) for s in self._held) >= self.window:
+                out += self._release_or_skip()
         out += self._release_ready()
         return out
 

@@ -101,6 +101,7 @@ class RtpIngest:
         self._accepting = True
         self._tick: asyncio.TimerHandle | None = None
         self._refused_until: dict[int, float] = {}
+        self._frames_in = metrics.frames_in.labels(INGEST)  # resolved once: this is per datagram
 
     # sockets -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -185,7 +186,7 @@ class RtpIngest:
 
     # receive path (synchronous; never awaits) ----------------------------------------------------
     def receive_datagram(self, port: int, data: bytes, rtcp_port: bool) -> None:
-        self.metrics.frames_in.labels(INGEST).inc()
+        self._frames_in.inc()
         if rtcp_port or is_rtcp(data):
             self._receive_rtcp(port - 1 if rtcp_port else port, data)
             return
