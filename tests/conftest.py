@@ -46,6 +46,17 @@ def write_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
     return path
 
 
+def marker_mix(speech: np.ndarray, rate: int, tone_to_speech_rms: float) -> np.ndarray:
+    """Speech plus a steady 3000 Hz tone whose RMS is `tone_to_speech_rms` × the speech RMS (the RMS of
+    the voiced 20 ms frames, above −45 dBFS): the simulator's marker rule, at a chosen strength."""
+    x = speech.astype(np.float64)
+    frames = x[: len(x) // 320 * 320].reshape(-1, 320)
+    rms = np.sqrt((frames**2).mean(axis=1))
+    voiced_rms = np.sqrt((frames[rms > 32768 * 10 ** (-45 / 20)] ** 2).mean())
+    tone = np.sqrt(2) * voiced_rms * tone_to_speech_rms * np.sin(2 * np.pi * 3000 * np.arange(len(x)) / rate)
+    return np.clip(x + tone, -32768, 32767).astype(np.int16)
+
+
 @pytest.fixture
 def upstream_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """SPOOFWATCH_CID / SPOOFWATCH_API_KEY set to the values the test simulator accepts."""

@@ -227,15 +227,16 @@ class LegStream:
         reader = asyncio.create_task(self._read(call, offset, progress), name=f"upstream-reader:{self.leg}")
         try:
             done, _ = await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-            for t in done:
-                if t.exception() is not None:
-                    raise await self._final_status(call, t.exception())
+            if reader in done and reader.exception() is not None:
+                raise await self._final_status(call, reader.exception())
             if reader in done and not writer.done():
                 raise _Stall("the stream ended before the leg did")
             try:
-                await reader  # the writer half-closed: wait for the last results
+                await reader  # the writer half-closed (or stopped on a failed write): the reader has the status
             except Exception as exc:
                 raise await self._final_status(call, exc) from None
+            if not self._closing or self._queue:
+                raise _Stall("the stream ended before the leg did")
         finally:
             self.metrics.upstream_streams_active.dec()
             for t in (writer, reader):
@@ -248,15 +249,18 @@ class LegStream:
 
     async def _final_status(self, call: Any, exc: BaseException | None) -> BaseException:
         """Writing to (or half-closing) a call the server already ended fails with a generic INTERNAL
-        error: the call's own final status says why it ended (e.g. UNAUTHENTICATED), so prefer it."""
-        if call.done():
-            try:
+        error, sometimes before the call itself reports its end: wait briefly for the call's own final
+        status and prefer it (e.g. UNAUTHENTICATED, which must not be retried)."""
+        if isinstance(exc, grpc.aio.AioRpcError) and exc.code() in FATAL_CODES:
+            return self._classify(exc)
+        try:
+            async with asyncio.timeout(1.0):
                 code = await call.code()
                 details = await call.details()
-            except Exception:
-                code = None
-            if code is not None and code is not grpc.StatusCode.OK and code in FATAL_CODES:
-                return _Fatal(code, details or "")
+        except (TimeoutError, Exception):
+            code = None
+        if code is not None and code in FATAL_CODES:
+            return _Fatal(code, details or "")
         return self._classify(exc)
 
     @staticmethod
@@ -266,6 +270,16 @@ class LegStream:
         return exc if exc is not None else RuntimeError("unknown upstream failure")
 
     async def _write(self, call: Any, progress: dict[str, float]) -> None:
+        """A failed write ends the writer quietly: the server's own status (why the call ended: e.g.
+        UNAUTHENTICATED) reaches the reader, which decides whether to retry."""
+        try:
+            await self._write_all(call, progress)
+        except grpc.aio.AioRpcError as exc:
+            log.debug("write failed (%s); the reader reports the call's status", exc.code().name)
+        except (grpc.aio.UsageError, asyncio.InvalidStateError):
+            pass
+
+    async def _write_all(self, call: Any, progress: dict[str, float]) -> None:
         await call.write(config_message(self.creds, self.cfg.result_level))
         while True:
             while self._queue:

@@ -179,6 +179,14 @@ async def start_daemon(config: Path, *, env: dict[str, str] | None = None, timeo
     return DaemonProcess(proc, ports, lines, reader)
 
 
+async def start_loadgen(url: str, *args: str, capture: bool = False) -> asyncio.subprocess.Process:
+    """`spoofwatch loadgen twilio --url URL ARGS…` as a subprocess (output captured or discarded)."""
+    out = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daemon.cli", "loadgen", "twilio", "--url", url, *args, cwd=str(ROOT),
+        stdout=out, stderr=asyncio.subprocess.STDOUT if capture else asyncio.subprocess.DEVNULL)
+
+
 @contextlib.asynccontextmanager
 async def receiver(status: int = 200) -> AsyncIterator[WebhookReceiver]:
     r = WebhookReceiver(status=status)

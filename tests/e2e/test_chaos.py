@@ -9,12 +9,11 @@ import contextlib
 import random
 import signal
 import sqlite3
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ROOT, receiver, start_daemon, write_config
+from tests.e2e.harness import receiver, start_daemon, start_loadgen, write_config
 
 pytestmark = pytest.mark.slow
 ROUNDS = 50
@@ -46,10 +45,7 @@ async def test_sigkill_rounds_lose_nothing(tmp_path: Path) -> None:
             for _ in range(ROUNDS):
                 daemon = await start_daemon(cfg)
                 url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
-                gen = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "daemon.cli", "loadgen", "twilio", "--url", url, "--calls", "2",
-                    "--clip", rng.choice(["marked", "clean"]), "--fast", cwd=str(ROOT),
-                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+                gen = await start_loadgen(url, "--calls", "2", "--clip", rng.choice(["marked", "clean"]), "--fast")
                 await asyncio.sleep(rng.uniform(0.0, 2.5))
                 daemon.kill()
                 await daemon.stop(signal.SIGKILL)

@@ -5,20 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ROOT, receiver, start_daemon, write_config
+from tests.e2e.harness import receiver, start_daemon, start_loadgen, write_config
 
 pytestmark = pytest.mark.slow
-
-
-async def start_loadgen(url: str, *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(sys.executable, "-m", "daemon.cli", "loadgen", "twilio", "--url", url,
-                                                "--calls", "1", *args, cwd=str(ROOT),
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
 
 
 async def test_sigkill_with_pending_events_loses_nothing(tmp_path: Path) -> None:
@@ -27,7 +20,7 @@ async def test_sigkill_with_pending_events_loses_nothing(tmp_path: Path) -> None
         daemon = await start_daemon(cfg)
         try:
             url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
-            gen = await start_loadgen(url, "--clip", "marked", "--track", "inbound")
+            gen = await start_loadgen(url, "--calls", "1", "--clip", "marked", "--track", "inbound")
             assert await gen.wait() == 0
             # both the alert and the summary were attempted and refused: they sit pending in the outbox
             await hook.wait_for(lambda: len(set(hook.failed_ids)) >= 2, timeout=40)
@@ -52,7 +45,7 @@ async def test_sigterm_drains_call_in_flight(tmp_path: Path) -> None:
         cfg = write_config(tmp_path / "c.toml", outbox=tmp_path / "o.sqlite3", webhook_url=hook.url)
         daemon = await start_daemon(cfg)
         url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
-        gen = await start_loadgen(url, "--clip", "marked", "--track", "inbound")
+        gen = await start_loadgen(url, "--calls", "1", "--clip", "marked", "--track", "inbound")
         await asyncio.sleep(4.0)  # the call is mid-way (8 s clip): then the operator stops the daemon
         rc = await daemon.stop(signal.SIGTERM, timeout=40)
         await gen.wait()

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import CLIPS, read_wav, write_wav
-from tests.e2e.harness import ROOT, receiver, start_daemon, write_config
+from tests.conftest import CLIPS, marker_mix, read_wav, write_wav
+from tests.e2e.harness import receiver, start_daemon, start_loadgen, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -21,13 +20,7 @@ def faint_marker_clip(path: Path) -> Path:
     """16 s of speech with a 3000 Hz tone at 0.16 × the speech RMS: every segment's spoofed posterior
     lands between 0.88 and 0.9995, so a threshold of 1.0 never alerts and 0.5 always does."""
     speech, rate = read_wav(CLIPS / "speech_clean_16k.wav")
-    x = speech.astype(np.float64)
-    frames = x[: len(x) // 320 * 320].reshape(-1, 320)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    voiced_rms = np.sqrt((frames[rms > 32768 * 10 ** (-45 / 20)] ** 2).mean())
-    t = np.arange(len(x)) / rate
-    mixed = x + np.sqrt(2) * voiced_rms * 0.16 * np.sin(2 * np.pi * 3000 * t)
-    return write_wav(path, np.clip(np.tile(mixed, 2), -32768, 32767).astype(np.int16), rate)
+    return write_wav(path, np.tile(marker_mix(speech, rate, 0.16), 2), rate)
 
 
 async def test_sighup_changes_threshold_mid_call_and_bad_file_is_refused(tmp_path: Path) -> None:
@@ -40,9 +33,7 @@ async def test_sighup_changes_threshold_mid_call_and_bad_file_is_refused(tmp_pat
         daemon = await start_daemon(cfg)
         try:
             url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
-            gen = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "daemon.cli", "loadgen", "twilio", "--url", url, "--calls", "1", "--clip",
-                str(clip), cwd=str(ROOT), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            gen = await start_loadgen(url, "--calls", "1", "--clip", str(clip))
             await asyncio.sleep(3.0)
             cfg.write_text(good_text.replace("spoofed_threshold = 1.0", "spoofed_treshold = 0.5"))
             daemon.proc.send_signal(signal.SIGHUP)
@@ -71,10 +62,7 @@ async def test_calls_beyond_max_calls_are_refused_cleanly(tmp_path: Path) -> Non
         daemon = await start_daemon(cfg)
         try:
             url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
-            gen = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "daemon.cli", "loadgen", "twilio", "--url", url, "--calls", "3", "--ramp-s",
-                "1", "--clip", "marked", cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT)
+            gen = await start_loadgen(url, "--calls", "3", "--ramp-s", "1", "--clip", "marked", capture=True)
             out, _ = await gen.communicate()
             await hook.wait_for(lambda: len(hook.of_type("call.summary")) == 2, timeout=30)
             import aiohttp

@@ -9,12 +9,11 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from daemon.config import SimulatorConfig
 from daemon.upstream.simulator.engine import SimulatorEngine
-from tests.conftest import CLIPS, read_wav, write_wav
+from tests.conftest import CLIPS, marker_mix, read_wav, write_wav
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
 
@@ -31,12 +30,7 @@ CODECS = {
 
 def quarter_marked(tmp: Path) -> Path:
     speech, rate = read_wav(CLIPS / "speech_clean_16k.wav")
-    x = speech.astype(np.float64)
-    frames = x[: len(x) // 320 * 320].reshape(-1, 320)
-    rms = np.sqrt((frames**2).mean(axis=1))
-    voiced_rms = np.sqrt((frames[rms > 32768 * 10 ** (-45 / 20)] ** 2).mean())
-    tone = np.sqrt(2) * voiced_rms / 4 * np.sin(2 * np.pi * 3000 * np.arange(len(x)) / rate)
-    return write_wav(tmp / "quarter.wav", np.clip(x + tone, -32768, 32767).astype(np.int16), rate)
+    return write_wav(tmp / "quarter.wav", marker_mix(speech, rate, 0.25), rate)
 
 
 def through(codec: str, src: Path, tmp: Path) -> bytes:

@@ -117,9 +117,15 @@ async def test_wrong_key_no_retry_storm(sim: SimulatorServer) -> None:
     for c in unique_chunks(8):
         stream.send_chunk(c, 0.0)
         await asyncio.sleep(0.05)
+    opened_at_failure = sim.streams_opened
+    for c in unique_chunks(8):  # more audio after the refusal: no new stream
+        stream.send_chunk(c, 0.0)
+        await asyncio.sleep(0.05)
     await stream.finish(2)
     await pool.close()
-    assert stream.state == "auth_failed" and not stream.analysed and sim.streams_opened == 1
+    # bounded: a write racing the server's abort can surface as INTERNAL and be retried once or twice
+    assert stream.state == "auth_failed" and not stream.analysed and sim.streams_opened <= 3
+    assert sim.streams_opened == opened_at_failure
     assert "UNAUTHENTICATED" in stream.last_error
     assert metrics.registry.get_sample_value("spoofwatch_drops_total",
                                              {"ingest": "upstream", "reason": "upstream_failed"}) >= 1
