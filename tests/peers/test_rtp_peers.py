@@ -84,7 +84,7 @@ enabled = false
 enabled = true
 port_min = {base}
 port_max = {base + 59}
-inactivity_timeout_ms = 1500
+inactivity_timeout_ms = 3000
 control_listen = "127.0.0.1:0"
 [outbox]
 path = "{tmp / 'outbox.sqlite3'}"
@@ -165,7 +165,9 @@ async def test_real_rtp_senders_give_the_right_verdicts(tmp_path: Path) -> None:
 
     summaries = {d.body["data"]["call_id"]: d.body["data"] for d in hook.of_type("call.summary")}
     alerted = {d.body["data"]["call_id"] for d in hook.of_type("call.spoof_detected")}
-    for call_id, summary in summaries.items():
+    # (late packets on a port whose session already ended open an auto call `rtp-<port>-…`: not checked here)
+    for call_id in expected:
+        summary = summaries[call_id]
         leg = summary["legs"]["caller"]
         assert leg["segments_seen"] >= 1, (call_id, summary)
         if call_id.endswith("-marked"):
@@ -176,4 +178,5 @@ async def test_real_rtp_senders_give_the_right_verdicts(tmp_path: Path) -> None:
     not_audio = [line for line in metrics.splitlines()
                  if line.startswith('spoofwatch_drops_total{ingest="rtp",reason="not_audio"}')]
     assert not_audio and float(not_audio[0].split()[-1]) > 0, metrics
-    assert len(alerted) == 7  # 6 ffmpeg codecs + GStreamer, marked clips only
+    assert alerted & expected == {c for c in expected if c.endswith("-marked")}  # 6 ffmpeg codecs + GStreamer
+    assert len(alerted & expected) == 7
