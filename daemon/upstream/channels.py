@@ -91,12 +91,14 @@ class ChannelPool:
     def acquire(self) -> PooledChannel | None:
         """The least-loaded channel whose breaker allows a stream, or None when all are open."""
         now = self.clock.monotonic()
-        allowed = [c for c in sorted(self.channels, key=lambda c: c.active) if c.breaker.allow(now)]
+        # channels under the cap first, each group least-loaded first; allow() is asked lazily because
+        # it hands out a half-open channel's single trial: asking a channel not then used would leave
+        # it half-open with its trial "out" forever
+        ordered = sorted(self.channels, key=lambda c: (c.active >= self.max_streams_per_channel, c.active))
+        chosen = next((c for c in ordered if c.breaker.allow(now)), None)
         self._update_breaker_gauge()
-        if not allowed:
+        if chosen is None:
             return None
-        under_cap = [c for c in allowed if c.active < self.max_streams_per_channel]
-        chosen = (under_cap or allowed)[0]
         chosen.active += 1
         chosen.opened_streams += 1
         return chosen

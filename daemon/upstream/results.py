@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from daemon.config import UpstreamCredentials
 from daemon.model import UPSTREAM_RATE_HZ, DeepfakeResult, LegRef, Level
 from daemon.upstream.pb import api_pb2
@@ -34,6 +36,9 @@ def map_stream_result(msg: api_pb2.StreamResult, leg: LegRef, offset_s: float, s
             start = float(item.start_time)
             end = float(item.end_time)
         except ValueError:
+            start = end = math.nan
+        if not (math.isfinite(start) and math.isfinite(end) and 0.0 <= start <= end):
+            # nan/inf/negative/reversed times would poison call time (e.g. an infinite end marks all audio covered)
             errors.append(f"result {item.id!r}: bad times {item.start_time!r}..{item.end_time!r}")
             continue
         spoofed: float | None = None

@@ -36,6 +36,10 @@ log = logging.getLogger("spoofwatch.upstream")
 FATAL_CODES = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
                grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNIMPLEMENTED}
 SIMULATED_KEY = "x-spoofwatch-simulated"
+#: A stream counts as served (state "streaming") at its first result, or once it stayed open this long
+#: (capped by stall_timeout_s). Initial metadata proves nothing: a refusing server may send it just before
+#: its error status (the simulator does), and a trailers-only refusal yields empty metadata.
+SERVED_AFTER_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,7 +226,8 @@ class LegStream:
         self.metrics.upstream_streams.inc()
         self.metrics.upstream_streams_active.inc()
         offset = self._queue[0].start_s if self._queue else self._next_time
-        progress = {"last_write": 0.0, "last_read": self.clock.monotonic(), "pending": 0}
+        # loop time of the first chunk written since the last result (0: none), and how many since
+        progress = {"first_pending": 0.0, "pending": 0}
         writer = asyncio.create_task(self._write(call, progress), name=f"upstream-writer:{self.leg}")
         reader = asyncio.create_task(self._read(call, offset, progress), name=f"upstream-reader:{self.leg}")
         try:
@@ -284,7 +289,13 @@ class LegStream:
         while True:
             while self._queue:
                 item = self._queue.popleft()
-                await call.write(audio_message(self.creds, item.data))
+                try:
+                    await call.write(audio_message(self.creds, item.data))
+                except BaseException:
+                    # not (surely) on this stream: it goes to the next one, in order (it follows every
+                    # replayed chunk, all written before it); dropping it would leave a hole in the leg
+                    self._queue.appendleft(item)
+                    raise
                 now = self.clock.monotonic()
                 self.metrics.chunk_latency.observe(max(0.0, now - item.received_at))
                 self.metrics.chunks.inc()
@@ -292,7 +303,8 @@ class LegStream:
                 self._written.append((item.end_s, now))
                 if self._replay_enabled:
                     self._replay.append(item)
-                progress["last_write"] = now
+                if not progress["pending"]:
+                    progress["first_pending"] = asyncio.get_running_loop().time()
                 progress["pending"] += 1
             if self._closing:
                 await call.done_writing()
@@ -308,38 +320,67 @@ class LegStream:
             for key, _ in metadata:
                 if key == SIMULATED_KEY:
                     self._header_simulated = True
-        self._set_state("streaming")
-        while True:
+        loop = asyncio.get_running_loop()
+        stall_s = self.cfg.stall_timeout_s
+        served_at = loop.time() + min(SERVED_AFTER_S, stall_s)
+        served = False
+        # One read stays pending across the stall checks: grpc.aio cancels the whole call when a read
+        # is cancelled, so a read must never be given up (e.g. by a timeout) while the call should live.
+        read: asyncio.Task[Any] | None = None
+        try:
+            while True:
+                if read is None:
+                    read = asyncio.ensure_future(call.read())
+                now_l = loop.time()
+                deadline = served_at if not served else now_l + stall_s
+                if progress["pending"]:
+                    deadline = min(deadline, progress["first_pending"] + stall_s)
+                await asyncio.wait({read}, timeout=max(0.0, deadline - now_l))
+                if not read.done():
+                    now_l = loop.time()
+                    if not served and now_l >= served_at:
+                        served = True
+                        self._set_state("streaming")
+                    if progress["pending"] and now_l - progress["first_pending"] >= stall_s:
+                        raise _Stall()
+                    continue
+                msg, read = read.result(), None
+                if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
+                    return
+                if not served:
+                    served = True
+                    self._set_state("streaming")
+                self._handle(msg, offset, progress)
+        finally:
+            if read is not None:
+                if read.done():
+                    if not read.cancelled():
+                        read.exception()  # retrieved: the call's error is reported by the caller
+                else:
+                    read.cancel()
+
+    def _handle(self, msg: Any, offset: float, progress: dict[str, float]) -> None:
+        """One StreamResult: typed results to `on_result`, malformed items counted and logged."""
+        now = self.clock.monotonic()
+        progress["pending"] = 0
+        if msg.pid and msg.pid != self.pid:
+            self.pid = msg.pid
+            self.pids.append(msg.pid)
+        self.analysed = True
+        results, errors = map_stream_result(msg, self.leg, offset, self.simulated, now)
+        for err in errors:
+            self.metrics.drops.labels("upstream", "malformed_result").inc()
+            log.warning("malformed result: %s", err, extra={"call_id": self.leg.call_id, "leg": self.leg.leg})
+        for r in results:
+            self._covered_until = max(self._covered_until, r.end_s)
+            self.metrics.results.labels(r.label, r.level.value, "true" if r.simulated else "false").inc()
+            written_at = self._written_time(r.end_s)
+            if written_at is not None:
+                self.metrics.result_latency.observe(max(0.0, now - written_at))
             try:
-                async with asyncio.timeout(self.cfg.stall_timeout_s):
-                    msg = await call.read()
-            except TimeoutError:
-                if progress["pending"] and progress["last_write"] > progress["last_read"]:
-                    raise _Stall() from None
-                continue
-            if msg is grpc.aio.EOF:  # type: ignore[attr-defined]
-                return
-            now = self.clock.monotonic()
-            progress["last_read"] = now
-            progress["pending"] = 0
-            if msg.pid and msg.pid != self.pid:
-                self.pid = msg.pid
-                self.pids.append(msg.pid)
-            self.analysed = True
-            results, errors = map_stream_result(msg, self.leg, offset, self.simulated, now)
-            for err in errors:
-                self.metrics.drops.labels("upstream", "malformed_result").inc()
-                log.warning("malformed result: %s", err, extra={"call_id": self.leg.call_id, "leg": self.leg.leg})
-            for r in results:
-                self._covered_until = max(self._covered_until, r.end_s)
-                self.metrics.results.labels(r.label, r.level.value, "true" if r.simulated else "false").inc()
-                written_at = self._written_time(r.end_s)
-                if written_at is not None:
-                    self.metrics.result_latency.observe(max(0.0, now - written_at))
-                try:
-                    self.on_result(r)
-                except Exception:
-                    log.exception("result handler failed", extra={"call_id": self.leg.call_id, "leg": self.leg.leg})
+                self.on_result(r)
+            except Exception:
+                log.exception("result handler failed", extra={"call_id": self.leg.call_id, "leg": self.leg.leg})
 
     def _written_time(self, end_s: float) -> float | None:
         """When the chunk holding call time `end_s` was written (the earliest chunk ending at or after it)."""
