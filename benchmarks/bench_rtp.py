@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from benchmarks.common import (
     cpu_seconds,
     diff_buckets,
     free_port,
+    pin,
     quantile,
     rss_bytes,
     samples,
@@ -62,14 +62,6 @@ control_listen = "127.0.0.1:0"
 [outbox]
 path = "{outbox}"
 """
-
-
-async def pin(pid: int, cpu: int) -> None:
-    """Pin a process (all its threads) to one CPU, when taskset exists."""
-    if shutil.which("taskset"):
-        proc = await asyncio.create_subprocess_exec("taskset", "-a", "-p", "-c", str(cpu), str(pid),
-                                                    stdout=asyncio.subprocess.DEVNULL)
-        await proc.wait()
 
 
 async def one_run(calls: int, max_bytes: int, args: argparse.Namespace, work: Path) -> dict[str, float]:

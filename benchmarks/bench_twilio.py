@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -31,6 +32,7 @@ from benchmarks.common import (
     cpu_seconds,
     diff_buckets,
     free_port,
+    pin,
     quantile,
     rss_bytes,
     samples,
@@ -80,16 +82,19 @@ secret_env = "BENCH_WEBHOOK_SECRET"
 
 
 async def one_run(calls: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
-    import os
 
     os.environ["BENCH_WEBHOOK_SECRET"] = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
-    marked = long_clip(ROOT / "daemon/clips/speech_marked_16k.wav", args.clip_repeat, work / "marked.wav")
+    marked = long_clip(ROOT / f"daemon/clips/speech_{args.clip}_16k.wav", args.clip_repeat, work / "marked.wav")
     clean = long_clip(ROOT / "daemon/clips/speech_clean_16k.wav", args.clip_repeat, work / "clean.wav")
     sim_port = free_port()
     sim = await start_simulator(sim_port)
     async with sink_receiver() as hook_port:
-        daemon = await start_daemon(CONFIG.format(sim_port=sim_port, channels=args.channels,
+        cfg_text = CONFIG.split("[[webhook]]")[0] if args.no_webhook else CONFIG
+        daemon = await start_daemon(cfg_text.format(sim_port=sim_port, channels=args.channels,
                                                   outbox=work / f"outbox-{calls}.sqlite3", hook_port=hook_port), work)
+        if args.pin:
+            await pin(daemon.pid, 0)
+            await pin(sim.pid, 1)
         try:
             ports = daemon.info["ports"]
             url = f"ws://127.0.0.1:{ports['twilio']}/twilio"
@@ -106,11 +111,22 @@ async def one_run(calls: int, args: argparse.Namespace, work: Path) -> dict[str,
                     cmd += ["--other-clip", str(clean)]
                 gens.append(await asyncio.create_subprocess_exec(*cmd, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
                                                                  stderr=asyncio.subprocess.STDOUT))
+            if args.pin:
+                for g in gens:
+                    await pin(g.pid, 1)
             peak_rss = rss0
             waits = [asyncio.ensure_future(g.communicate()) for g in gens]
+            prev, timeline = buckets(before, "spoofwatch_chunk_latency_seconds"), []
             while not all(w.done() for w in waits):
                 peak_rss = max(peak_rss, rss_bytes(daemon.pid))
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(1.0 if args.timeline else 0.5)
+                if args.timeline:  # per second: chunks, and how many took over 20 ms
+                    now_b = buckets(scrape(ports["http"]), "spoofwatch_chunk_latency_seconds")
+                    d = diff_buckets(now_b, prev)
+                    total = d[-1][1] if d else 0.0
+                    over = total * (1 - share_within(0.02, d)) if total else 0.0
+                    timeline.append(f"{time.monotonic() - t0:.0f}s:{total:.0f}/{over:.0f}")
+                    prev = now_b
             gen_out = "\n".join(w.result()[0].decode() for w in waits)
             # wait for every call's summary to be committed (final results are in)
             legs = 2 if args.track == "both" else 1
@@ -129,6 +145,11 @@ async def one_run(calls: int, args: argparse.Namespace, work: Path) -> dict[str,
                           buckets(before, "spoofwatch_result_latency_seconds"))
     alert = diff_buckets(buckets(after, "spoofwatch_alert_latency_seconds"),
                          buckets(before, "spoofwatch_alert_latency_seconds"))
+    gc_pause = diff_buckets(buckets(after, "spoofwatch_gc_pause_seconds"),
+                            buckets(before, "spoofwatch_gc_pause_seconds"))
+    gc_total = gc_pause[-1][1] if gc_pause else 0.0
+    gc_over_10ms = gc_total - next((c for le, c in gc_pause if abs(le - 0.01) < 1e-12), gc_total)
+    gc_max_le = next((le for le, c in gc_pause if c >= gc_total), 0.0) if gc_total else 0.0
     late = [line for line in gen_out.splitlines() if "late frames" in line]
     drops = sum(v for _, v in samples(after, "spoofwatch_drops_total"))
     alerts = sum(v for lab, v in samples(after, "spoofwatch_alerts_total") if lab.get("type") == "call.spoof_detected")
@@ -141,7 +162,9 @@ async def one_run(calls: int, args: argparse.Namespace, work: Path) -> dict[str,
         "alert_p50_s": quantile(0.5, alert), "alert_p99_s": quantile(0.99, alert), "alerts": alerts,
         "cpu_core_share": (cpu1 - cpu0) / wall, "cpu_ms_per_call_s": 1000 * (cpu1 - cpu0) / wall / calls,
         "rss_kib_per_call": (peak_rss - rss0) / 1024 / calls, "drops": drops,
+        "gc_collections": gc_total, "gc_over_10ms": gc_over_10ms, "gc_max_le_s": gc_max_le,
         "loadgen": "; ".join(late)[:200],
+        "timeline": " ".join(timeline) if args.timeline else "",
     }
 
 
@@ -153,7 +176,17 @@ async def main() -> int:
     p.add_argument("--ramp-s", type=float, default=5.0)
     p.add_argument("--loadgen-procs", type=int, default=1)
     p.add_argument("--channels", type=int, default=2)
+    p.add_argument("--clip", choices=("marked", "clean"), default="marked",
+                   help="inbound clip: marked (every call alerts) or clean (no alerts: isolates the alert path)")
+    p.add_argument("--no-webhook", action="store_true",
+                   help="no [[webhook]]: events are committed to the outbox but not delivered")
+    p.add_argument("--no-pin", dest="pin", action="store_false",
+                   help="do not pin the daemon to CPU 0 and the simulator, load generator and this script to CPU 1")
+    p.add_argument("--timeline", action="store_true",
+                   help="also print, per second of the run, chunks written / chunks over 20 ms")
     args = p.parse_args()
+    if args.pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {1})  # the webhook receiver and the scrapes stay off the daemon's CPU
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.calls:
@@ -162,15 +195,18 @@ async def main() -> int:
             print(row, flush=True)
     print()
     print("| calls | legs | chunks | chunk p50 ms | chunk p99 ms | ≤20 ms | result p50/p99 s | alert p50/p99 s "
-          "| alerts | daemon CPU (core) | CPU ms per call·s | RSS KiB/call | drops |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| alerts | daemon CPU (core) | CPU ms per call·s | RSS KiB/call | drops | GC > 10 ms / all | GC max ≤ ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['calls']} | {r['legs']} | {r['chunks']:.0f} | {r['chunk_p50_ms']:.2f} | {r['chunk_p99_ms']:.2f} | "
               f"{100 * r['chunk_within_20ms']:.1f} % | {r['result_p50_s']:.2f} / {r['result_p99_s']:.2f} | "
               f"{r['alert_p50_s']:.3f} / {r['alert_p99_s']:.3f} | {r['alerts']:.0f} | {r['cpu_core_share']:.2f} | "
-              f"{r['cpu_ms_per_call_s']:.2f} | {r['rss_kib_per_call']:.0f} | {r['drops']:.0f} |")
+              f"{r['cpu_ms_per_call_s']:.2f} | {r['rss_kib_per_call']:.0f} | {r['drops']:.0f} | "
+              f"{r['gc_over_10ms']:.0f} / {r['gc_collections']:.0f} | {1000 * r['gc_max_le_s']:.1f} |")
     for r in rows:
         print(f"loadgen @{r['calls']}: {r['loadgen']}")
+        if r["timeline"]:
+            print(f"timeline @{r['calls']} (s:chunks/over 20 ms): {r['timeline']}")
     return 0
 
 

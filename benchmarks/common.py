@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import urllib.request
 from collections.abc import AsyncIterator
@@ -132,6 +133,14 @@ CREDS = {"SPOOFWATCH_CID": "9", "SPOOFWATCH_API_KEY": "bench-key"}
 
 async def start_simulator(port: int) -> Proc:
     return await _spawn(["simulator", "--listen", f"127.0.0.1:{port}"], CREDS, "listening")
+
+
+async def pin(pid: int, cpu: int) -> None:
+    """Pin a process (all its threads) to one CPU, when taskset exists."""
+    if shutil.which("taskset"):
+        proc = await asyncio.create_subprocess_exec("taskset", "-a", "-p", "-c", str(cpu), str(pid),
+                                                    stdout=asyncio.subprocess.DEVNULL)
+        await proc.wait()
 
 
 async def start_daemon(config_text: str, workdir: Path) -> Proc:

@@ -40,6 +40,7 @@ from daemon.config import (
     upstream_credentials,
 )
 from daemon.model import DeepfakeResult, LegRef
+from daemon.ops.gc import GcPauseWatch, settle_heap
 from daemon.ops.http import OpsHttpServer
 from daemon.ops.metrics import Metrics
 from daemon.ops.systemd import SdNotifier
@@ -65,16 +66,30 @@ class OutboxAlertSink:
     def emit(self, event_type: str, data: dict[str, Any], *, decided_at: float | None) -> None:
         d = self._daemon
         assert d.outbox is not None
-        try:
-            d.outbox.add(event_type, data, endpoints=d.endpoints, occurred_at=d.clock.wall(), decided_at=decided_at)
-        except Exception:
-            # The disk is the one thing we cannot route around: say it loudly, keep the call alive.
-            log.exception("could not commit %s to the outbox", event_type)
-            d.metrics.drops.labels("outbox", "commit_failed").inc()
-            return
-        d.metrics.alerts.labels(event_type).inc()
+        occurred_at = d.clock.wall()
+
+        def committed(event_id: str | None, exc: BaseException | None) -> None:
+            if exc is not None:
+                # The disk is the one thing we cannot route around: say it loudly, keep the call alive.
+                log.error("could not commit %s to the outbox", event_type, exc_info=exc)
+                d.metrics.drops.labels("outbox", "commit_failed").inc()
+            else:
+                d.metrics.alerts.labels(event_type).inc()
+
         if d.sender is not None:
-            d.sender.wake()
+            try:
+                d.sender.emit(event_type, data, endpoints=d.endpoints, occurred_at=occurred_at,
+                              decided_at=decided_at, on_committed=committed)
+                return
+            except RuntimeError:
+                pass  # the sender's thread is gone (last moments of shutdown): commit here instead
+        try:
+            event_id = d.outbox.add(event_type, data, endpoints=d.endpoints, occurred_at=occurred_at,
+                                    decided_at=decided_at)
+        except Exception as exc:
+            committed(None, exc)
+        else:
+            committed(event_id, None)
 
 
 def endpoints_from(cfg: Config) -> list[Endpoint]:
@@ -83,11 +98,16 @@ def endpoints_from(cfg: Config) -> list[Endpoint]:
 
 class Daemon:
     def __init__(self, cfg: Config, *, config_path: str | None = None, clock: Clock | None = None,
-                 metrics: Metrics | None = None, environ: Mapping[str, str] | None = None) -> None:
+                 metrics: Metrics | None = None, environ: Mapping[str, str] | None = None,
+                 tune_gc: bool = False) -> None:
         self.cfg = cfg
+        #: freeze the startup heap out of GC scans (daemon.ops.gc): for the process that is the daemon,
+        #: not for a Daemon embedded in a test process
+        self.tune_gc = tune_gc
+        self.metrics = metrics or Metrics()
+        self.gc_watch = GcPauseWatch(self.metrics.gc_pause)
         self.config_path = config_path
         self.clock = clock or SystemClock()
-        self.metrics = metrics or Metrics()
         self.environ = dict(os.environ if environ is None else environ)
         self.notifier = SdNotifier.from_env(self.environ)
         self.simulator: Any = None
@@ -184,6 +204,10 @@ class Daemon:
         host, port = parse_hostport(cfg.http.listen)
         self.http = OpsHttpServer(self.metrics, is_ready=lambda: self.ready, health_detail=self._health_detail)
         self.ports["http"] = await self.http.start(host, port)
+        self.gc_watch.install()
+        if self.tune_gc:
+            frozen = settle_heap()
+            log.debug("gc: %d startup objects frozen out of collections", frozen)
         self.ready = True
         self.metrics.ready.set(1)
         self._log_banner()
@@ -244,14 +268,15 @@ class Daemon:
             log.warning(SIMULATOR_BANNER)
 
     def _health_detail(self) -> dict[str, Any]:
-        counts = self.outbox.counts() if self.outbox is not None else {}
+        # the sender's snapshot (≤ 1 s old): a health probe must not queue behind outbox commits
+        counts = dict(self.sender.counts) if self.sender is not None else {}
         return {
             "version": __version__,
             "ready": self.ready,
             "calls_active": len(self.registry.calls) if self.registry else 0,
             "upstream": {"target": self.upstream_target, "simulated": self.simulated, "up": self.health.up},
             "outbox": counts,
-            "endpoints": self.outbox.endpoint_states() if self.outbox is not None else [],
+            "endpoints": list(self.sender.endpoint_states) if self.sender is not None else [],
         }
 
     def request_stop(self) -> None:
@@ -325,6 +350,7 @@ class Daemon:
             await self.http.close()
         if self.outbox is not None:
             self.outbox.close()
+        self.gc_watch.uninstall()
         log.info("stopped")
 
     async def run(self) -> int:

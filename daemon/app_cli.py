@@ -25,10 +25,10 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"spoofwatch: {exc}", file=sys.stderr)
         return 2
-    configure_logging(cfg.daemon.log_format, cfg.daemon.log_level)
+    stop_logging = configure_logging(cfg.daemon.log_format, cfg.daemon.log_level, background=True)
 
     async def _run() -> int:
-        return await Daemon(cfg, config_path=args.config).run()
+        return await Daemon(cfg, config_path=args.config, tune_gc=True).run()
 
     try:
         return asyncio.run(_run())
@@ -38,3 +38,5 @@ def main(args: argparse.Namespace) -> int:
     except OSError as exc:
         logging.getLogger("spoofwatch").error("cannot start: %s", exc)
         return 1
+    finally:
+        stop_logging()  # the last lines (e.g. "stopped") are written before the process exits

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import Any, TypeVar
 
 import aiohttp
 
 from daemon import __version__
-from daemon.alerts.outbox import Delivery, Endpoint, Outbox
+from daemon.alerts.outbox import STATES, Delivery, Endpoint, Outbox, OutboxWorker, encode_event
 from daemon.alerts.schedule import RetrySchedule, parse_retry_after
 from daemon.alerts.signing import SecretError, parse_secrets, sign
 from daemon.clock import Clock
@@ -25,6 +27,14 @@ from daemon.ops.metrics import Metrics
 
 log = logging.getLogger("spoofwatch.webhook")
 USER_AGENT = f"spoofwatch/{__version__}"
+#: after a change, the outbox gauges and /healthz snapshot are refreshed at most this often (a COUNT
+#: over the deliveries table per delivery would grow with the retained history)
+REFRESH_S = 1.0
+#: and at least this often when nothing happens (e.g. an `outbox replay` from the CLI)
+IDLE_REFRESH_S = 10.0
+#: due deliveries read (and dispatched) per query
+DUE_PAGE = 200
+_T = TypeVar("_T")
 
 
 class WebhookSender:
@@ -45,6 +55,16 @@ class WebhookSender:
         self._session: aiohttp.ClientSession | None = None
         self._endpoints: dict[str, Endpoint] = {}
         self._keys: dict[str, list[bytes]] = {}
+        # Every outbox call runs here, one at a time, off the event loop (see daemon.alerts.outbox).
+        self._io = OutboxWorker(outbox)
+        self._disabled: frozenset[str] = frozenset()
+        #: outbox snapshot for /healthz and the gauges: refreshed at most every REFRESH_S after a change
+        self.counts: dict[str, int] = dict.fromkeys(STATES, 0)
+        self.endpoint_states: list[dict[str, Any]] = []
+        self._stale = True
+        self._refreshed_at = -1e9
+        self._refresh_timer: asyncio.TimerHandle | None = None
+        self._page_full = False
         self.update_endpoints(endpoints)
 
     # configuration -----------------------------------------------------------------------------
@@ -65,26 +85,62 @@ class WebhookSender:
                 log.error("webhook %s: %s (%s)", ep.url, exc, ep.secret_env)
                 continue
             usable[ep.key] = ep
-        self.outbox.register_endpoints(list(endpoints))
+        # startup and SIGHUP only: waiting here on the outbox thread is brief and keeps the order
+        self._io.submit(self.outbox.register_endpoints, list(endpoints)).result()
         self._endpoints, self._keys = usable, keys
         for ep in endpoints:
             self.metrics.endpoint_disabled.labels(ep.key).set(0)
-        for key in self.outbox.disabled_endpoints():
-            self.metrics.endpoint_disabled.labels(key).set(1)
-        self.refresh_gauges()
+        self._io.submit(self._refresh_snapshot).result()
         self.wake()
 
     def wake(self) -> None:
         self._wake.set()
 
-    def refresh_gauges(self) -> None:
+    async def _db(self, fn: Callable[..., _T], *args: Any) -> _T:
+        return await asyncio.wrap_future(self._io.submit(fn, *args))
+
+    def emit(self, event_type: str, data: Mapping[str, Any], *, endpoints: Sequence[Endpoint], occurred_at: float,
+             decided_at: float | None, on_committed: Callable[[str | None, BaseException | None], None]) -> None:
+        """Commit an event on the outbox thread; then, on the loop, `on_committed(event id, error)` and a
+        wake-up of the sender. Nothing is sent before the commit: the sender reads committed rows only."""
+        loop = asyncio.get_running_loop()
+        body = encode_event(event_type, data, occurred_at)  # here: `data` may change once we return
+        future = self._io.submit(self.outbox.add_encoded, event_type, body, endpoints=endpoints,
+                                 occurred_at=occurred_at, decided_at=decided_at)
+
+        def committed(done: Future[str]) -> None:
+            exc = done.exception()
+            event_id = None if exc is not None else done.result()
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the event is on disk anyway
+                loop.call_soon_threadsafe(self._after_commit, event_id, exc, on_committed)
+
+        future.add_done_callback(committed)
+
+    def _after_commit(self, event_id: str | None, exc: BaseException | None,
+                      on_committed: Callable[[str | None, BaseException | None], None]) -> None:
+        self._mark_stale()
+        self.wake()
+        on_committed(event_id, exc)
+
+    def _refresh_snapshot(self) -> None:
+        """Outbox thread: counts, endpoint states and the disabled set (an `outbox replay` from the CLI
+        re-enables an endpoint in the database; this is where the daemon notices)."""
         counts = self.outbox.counts()
+        states = self.outbox.endpoint_states()
+        disabled = frozenset(self.outbox.disabled_endpoints())
+        self.counts, self.endpoint_states, self._disabled = counts, states, disabled
         self.metrics.outbox_pending.set(counts["pending"])
         self.metrics.outbox_dead.set(counts["dead"])
+        for key in disabled:
+            self.metrics.endpoint_disabled.labels(key).set(1)
+
+    async def refresh(self) -> None:
+        await self._db(self._refresh_snapshot)
+        self._stale = False
+        self._refreshed_at = self.clock.monotonic()
 
     def _active_keys(self) -> list[str]:
-        disabled = self.outbox.disabled_endpoints()
-        return [k for k in self._endpoints if k not in disabled]
+        return [k for k in self._endpoints if k not in self._disabled]
 
     # running -----------------------------------------------------------------------------------
     def _client(self) -> aiohttp.ClientSession:
@@ -96,37 +152,49 @@ class WebhookSender:
         try:
             while True:
                 self._wake.clear()
-                self._dispatch_due()
-                self._purge_old()
-                next_at = self.outbox.next_due_at(self._active_keys())
-                wait = 30.0 if next_at is None else min(30.0, max(0.05, next_at - self.clock.wall()))
+                since = self.clock.monotonic() - self._refreshed_at
+                if (self._stale and since >= REFRESH_S) or since >= IDLE_REFRESH_S:
+                    await self.refresh()
+                await self._dispatch_due()
+                await self._purge_old()
+                next_at = await self._db(self.outbox.next_due_at, self._active_keys())
+                wait = IDLE_REFRESH_S if next_at is None else min(IDLE_REFRESH_S,
+                                                                  max(0.05, next_at - self.clock.wall()))
+                if self._stale:
+                    wait = min(wait, max(0.05, REFRESH_S - (self.clock.monotonic() - self._refreshed_at)))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
         finally:
             await self._cancel_in_flight()
 
-    def _dispatch_due(self) -> None:
-        for d in self.outbox.due(self.clock.wall(), 200, self._active_keys()):
+    async def _dispatch_due(self) -> None:
+        loop = asyncio.get_running_loop()
+        due = await self._db(self.outbox.due, self.clock.wall(), DUE_PAGE, self._active_keys())
+        self._page_full = len(due) >= DUE_PAGE
+        for d in due:
             key = (d.event_id, d.endpoint)
             if key in self._in_flight:
                 continue
-            task = asyncio.get_running_loop().create_task(self._deliver(d), name=f"webhook:{d.event_id}")
+            task = loop.create_task(self._deliver(d), name=f"webhook:{d.event_id}")
             self._in_flight[key] = task
             task.add_done_callback(functools.partial(self._done, key))
 
-    def _purge_old(self) -> None:
+    async def _purge_old(self) -> None:
         """Delivered events are kept `retention_s` (for `outbox list` and replays), then purged hourly."""
         now = self.clock.wall()
         if now >= self._next_purge:
             self._next_purge = now + 3600
-            n = self.outbox.purge_delivered_before(now - self.retention_s)
+            n = await self._db(self.outbox.purge_delivered_before, now - self.retention_s)
             if n:
                 log.info("purged %d delivered events older than %.0f s", n, self.retention_s)
 
     def _done(self, key: tuple[str, str], _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(key, None)
-        self._wake.set()
+        # Every due row is already in flight unless the last page was full: only then look again (a
+        # query per completed delivery would re-read all rows in flight, on every alert of a burst).
+        if self._page_full:
+            self._wake.set()
 
     async def _deliver(self, d: Delivery) -> None:
         ep = self._endpoints.get(d.endpoint)
@@ -152,41 +220,54 @@ class WebhookSender:
             except aiohttp.ClientError as exc:
                 outcome, error = "connect_error", f"{type(exc).__name__}: {exc}"
         self.metrics.webhook_attempts.labels(outcome).inc()
-        self._record(d, ep, outcome, status, error, retry_after)
+        await self._record(d, ep, outcome, status, error, retry_after)
 
-    def _record(self, d: Delivery, ep: Endpoint, outcome: str, status: int | None, error: str,
+    async def _record(self, d: Delivery, ep: Endpoint, outcome: str, status: int | None, error: str,
                 retry_after: float | None) -> None:
         if outcome == "delivered":
             assert status is not None
-            self.outbox.mark_delivered(d, status)
+            await self._db(self.outbox.mark_delivered, d, status)
             if d.decided_at is not None and d.event_type == "call.spoof_detected":
                 self.metrics.alert_latency.observe(max(0.0, self.clock.wall() - d.decided_at))
         elif outcome == "gone":
-            n = self.outbox.disable_endpoint(ep.key, "410 Gone")
+            n = await self._db(self.outbox.disable_endpoint, ep.key, "410 Gone")
+            self._disabled = self._disabled | {ep.key}
             self.metrics.endpoint_disabled.labels(ep.key).set(1)
             log.error("webhook %s answered 410 Gone: endpoint disabled, %d deliveries held (replay with "
                       "`spoofwatch outbox replay`)", ep.url, n)
         elif d.attempts + 1 >= self.max_attempts:
-            self.outbox.mark_dead(d, status, error)
+            await self._db(self.outbox.mark_dead, d, status, error)
             log.error("webhook %s: event %s dead-lettered after %d attempts (%s)", ep.url, d.event_id,
                       d.attempts + 1, error)
         else:
             delay = self.schedule.next_delay(d.attempts + 1, retry_after)
-            self.outbox.mark_retry(d, self.clock.wall() + delay, status, error)
+            await self._db(self.outbox.mark_retry, d, self.clock.wall() + delay, status, error)
+            self.wake()  # the run loop re-plans its sleep around the new due time
             log.warning("webhook %s: %s; retry %d in %.0f s", ep.url, error, d.attempts + 1, delay,
                         extra={"event_id": d.event_id})
-        self.refresh_gauges()
+        self._mark_stale()
+
+    def _mark_stale(self) -> None:
+        """The snapshot (gauges, /healthz) is refreshed by the run loop within REFRESH_S."""
+        self._stale = True
+        if self._refresh_timer is None:
+            def due() -> None:
+                self._refresh_timer = None
+                self._wake.set()
+
+            self._refresh_timer = asyncio.get_running_loop().call_later(REFRESH_S, due)
 
     async def flush(self, timeout: float) -> bool:
         """Shutdown: deliver what is due now and wait for attempts in flight. True if nothing is pending."""
         try:
             async with asyncio.timeout(timeout):
-                self._dispatch_due()
+                await self._dispatch_due()
                 while self._in_flight:
                     await asyncio.gather(*list(self._in_flight.values()), return_exceptions=True)
         except TimeoutError:
             pass
-        return self.outbox.counts()["pending"] == 0
+        await self.refresh()
+        return self.counts["pending"] == 0
 
     async def _cancel_in_flight(self) -> None:
         tasks = list(self._in_flight.values())
@@ -195,7 +276,12 @@ class WebhookSender:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
+        if self._refresh_timer is not None:
+            self._refresh_timer.cancel()
+            self._refresh_timer = None
         await self._cancel_in_flight()
         if self._session is not None:
             await self._session.close()
             self._session = None
+        # commits already submitted (late events of the drain) finish before the outbox may close
+        await asyncio.to_thread(self._io.shutdown)

@@ -6,8 +6,10 @@ Each call is one websocket speaking exactly what Twilio sends for `<Start><Strea
 message of the stream, `media.chunk` counting per track and `media.timestamp` in ms since the stream
 started, then `stop`. With both tracks the frames are interleaved on the one socket, as Twilio does.
 
-In real time, frames go out on an absolute schedule (frame i is due at start + i·20 ms), so a late
-wake-up never accumulates into drift; how late each frame went out is measured and reported.
+In real time, frames go out on an absolute schedule per call (frame i is due at start + i·20 ms), so a
+late wake-up never accumulates into drift; how late each frame went out is measured and reported.
+One pacer timer serves every call and the sockets are websockets' sans-I/O protocol over plain
+asyncio transports, so hundreds of calls cost little CPU next to the daemon being measured.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,18 +115,197 @@ def twilio_messages(
     return opening, ticks, stop
 
 
+class _CallSocket(asyncio.Protocol):
+    """One call's websocket: websockets' sans-I/O `ClientProtocol` over a plain asyncio transport.
+
+    No task and no await per message: the shared `_Pacer` hands frames to `send()`, which frames,
+    masks and writes them at once. This keeps the generator cheap enough to drive hundreds of calls
+    from one process next to the daemon it measures."""
+
+    def __init__(self, url: str) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.uri import parse_uri
+
+        self.ws = ClientProtocol(parse_uri(url), max_size=2**20)
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.close_rcvd: tuple[int, str] | None = None
+
+    # asyncio.Protocol --------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.ws.send_request(self.ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        from websockets.frames import Opcode
+        from websockets.http11 import Response
+
+        self.ws.receive_data(data)
+        self._events(Response, Opcode)
+
+    def eof_received(self) -> bool | None:
+        from websockets.frames import Opcode
+        from websockets.http11 import Response
+
+        self.ws.receive_eof()
+        self._events(Response, Opcode)
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("connection closed during the upgrade"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -------------------------------------------------------------------------------------------
+    def _events(self, response_type: type, opcode: Any) -> None:
+        for event in self.ws.events_received():
+            if isinstance(event, response_type) and not self.opened.done():
+                exc = self.ws.handshake_exc
+                if exc is None:
+                    self.opened.set_result(None)
+                else:
+                    self.opened.set_exception(exc)
+            elif getattr(event, "opcode", None) is opcode.CLOSE and self.ws.close_rcvd is not None:
+                self.close_rcvd = (int(self.ws.close_rcvd.code), self.ws.close_rcvd.reason)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()  # the protocol asks for a half-close
+        if self.ws.close_expected() and self.ws.handshake_exc is not None:
+            self.transport.close()
+
+    def send(self, messages: list[str]) -> bool:
+        """Queue text messages; False once the socket can no longer carry them."""
+        from websockets.protocol import State
+
+        if self.transport is None or self.transport.is_closing() or self.ws.state is not State.OPEN:
+            return False
+        for msg in messages:
+            self.ws.send_text(msg.encode())
+        self._flush()
+        return True
+
+    def write_backlog(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def close(self) -> None:
+        from websockets.frames import CloseCode
+        from websockets.protocol import State
+
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(CloseCode.NORMAL_CLOSURE)
+            self._flush()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+
+
+@dataclass(eq=False)
+class _Call:
+    sock: _CallSocket
+    ticks: list[list[str]]
+    stop: str
+    due0: float  # when frame 0 is due (loop time)
+    sent: int = 0
+    done: asyncio.Future[None] | None = None
+
+
+class _Pacer:
+    """Sends every call's frames on its own absolute schedule (frame i at due0 + i·20 ms), from one
+    timer for all calls: calls keep their own phase (they started at different moments), and a
+    late wake-up never accumulates into drift. Lateness is measured per frame."""
+
+    TICK_S = 0.002
+
+    def __init__(self, result: LoadResult, *, realtime: bool) -> None:
+        self.result = result
+        self.realtime = realtime
+        self.calls: list[_Call] = []
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+
+    def add(self, call: _Call) -> None:
+        call.done = asyncio.get_running_loop().create_future()
+        self.calls.append(call)
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="loadgen-pacer")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self.calls:
+                self._wake.clear()
+                await self._wake.wait()
+            now = loop.time()
+            for call in list(self.calls):
+                self._send_due(call, now)
+            if self.realtime:
+                await asyncio.sleep(self.TICK_S)
+            else:
+                await asyncio.sleep(0)
+
+    def _send_due(self, call: _Call, now: float) -> None:
+        result = self.result
+        if self.realtime:
+            due_n = min(len(call.ticks), int((now - call.due0) / (FRAME_MS / 1000)) + 1)
+        elif call.sock.write_backlog() < 256 * 1024:
+            due_n = min(len(call.ticks), call.sent + 50)  # as fast as the socket drains
+        else:
+            due_n = call.sent
+        if due_n > call.sent:
+            batch = [msg for tick in call.ticks[call.sent:due_n] for msg in tick]
+            if self.realtime:
+                for i in range(call.sent, due_n):
+                    late = now - (call.due0 + i * FRAME_MS / 1000)
+                    if late > LATE_AFTER_S:
+                        result.late_frames += len(call.ticks[i])
+                    result.max_lateness_s = max(result.max_lateness_s, late)
+            if not call.sock.send(batch):
+                self._finish(call)
+                return
+            result.frames_sent += len(batch)
+            call.sent = due_n
+        if call.sent >= len(call.ticks):
+            call.sock.send([call.stop])
+            self._finish(call)
+
+    def _finish(self, call: _Call) -> None:
+        self.calls.remove(call)
+        assert call.done is not None
+        if not call.done.done():
+            call.done.set_result(None)
+
+
 async def _one_call(
     url: str,
     tracks: dict[str, bytes],
     *,
     delay_s: float,
-    realtime: bool,
+    pacer: _Pacer,
     params: dict[str, str] | None,
     result: LoadResult,
     close_timeout_s: float,
 ) -> None:
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    from websockets.exceptions import InvalidStatus
+    from websockets.uri import parse_uri
 
     call_sid = _sid("CA")
     result.call_sids.append(call_sid)
@@ -132,42 +313,39 @@ async def _one_call(
     if delay_s > 0:
         await asyncio.sleep(delay_s)
     loop = asyncio.get_running_loop()
+    uri = parse_uri(url)
+    sock: _CallSocket | None = None
     try:
-        async with connect(url, max_size=2**20, compression=None, open_timeout=10,
-                           close_timeout=close_timeout_s) as ws:
-            for msg in opening:
-                await ws.send(msg)
-            t0 = loop.time()
-            for i, tick in enumerate(ticks):
-                if realtime:
-                    due = t0 + i * FRAME_MS / 1000
-                    wait = due - loop.time()
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                    late = loop.time() - due
-                    if late > LATE_AFTER_S:
-                        result.late_frames += len(tick)
-                    result.max_lateness_s = max(result.max_lateness_s, late)
-                for msg in tick:
-                    await ws.send(msg)
-                result.frames_sent += len(tick)
-            await ws.send(stop)
-            # The daemon closes after `stop`; wait for it (bounded by close_timeout) so the call is
-            # fully handed over before we report it done.
-            try:
-                async with asyncio.timeout(close_timeout_s):
-                    await ws.wait_closed()
-            except TimeoutError:
-                pass
-        result.calls_ok += 1
-    except ConnectionClosed as exc:
-        rcvd = exc.rcvd
-        result.errors.append(f"{call_sid}: closed by the daemon: {rcvd.code} {rcvd.reason}" if rcvd
-                             else f"{call_sid}: connection lost")
+        async with asyncio.timeout(10):
+            _, sock = await loop.create_connection(lambda: _CallSocket(url), uri.host, uri.port)
+            await sock.opened
+        sock.send(opening)
+        call = _Call(sock, ticks, stop, due0=loop.time())
+        pacer.add(call)
+        assert call.done is not None
+        # the daemon closes after `stop` (or earlier, refusing or failing the call)
+        await asyncio.wait([call.done, sock.closed], return_when=asyncio.FIRST_COMPLETED)
+        if not call.done.done():
+            pacer._finish(call)
+        try:
+            async with asyncio.timeout(close_timeout_s):
+                await asyncio.shield(sock.closed)
+        except TimeoutError:
+            sock.close()  # the daemon did not close: do it ourselves
+        if sock.close_rcvd is not None and sock.close_rcvd[0] != 1000:
+            code, reason = sock.close_rcvd
+            result.errors.append(f"{call_sid}: closed by the daemon: {code} {reason}")
+        elif call.sent < len(ticks):
+            result.errors.append(f"{call_sid}: connection lost after {call.sent} of {len(ticks)} frames")
+        else:
+            result.calls_ok += 1
     except InvalidStatus as exc:
         result.errors.append(f"{call_sid}: upgrade refused: HTTP {exc.response.status_code}")
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a handshake the daemon garbled
         result.errors.append(f"{call_sid}: {type(exc).__name__}: {exc}")
+    finally:
+        if sock is not None and not sock.closed.done():
+            sock.abort()
 
 
 async def run_twilio_calls(
@@ -198,9 +376,10 @@ async def run_twilio_calls(
     if timeout_s is None:
         timeout_s = (clip_s if realtime else 0.0) + ramp_s + 30.0
     result = LoadResult(calls=calls)
+    pacer = _Pacer(result, realtime=realtime)
     started = time.monotonic()
     tasks = [
-        asyncio.create_task(_one_call(url, tracks, delay_s=k * ramp_s / calls if calls else 0.0, realtime=realtime,
+        asyncio.create_task(_one_call(url, tracks, delay_s=k * ramp_s / calls if calls else 0.0, pacer=pacer,
                                       params=params, result=result, close_timeout_s=5.0), name=f"loadgen-call-{k}")
         for k in range(calls)
     ]
@@ -210,6 +389,7 @@ async def run_twilio_calls(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await pacer.aclose()
     if pending:
         result.errors.append(f"{len(pending)} calls did not finish within {timeout_s:.0f} s")
     result.elapsed_s = time.monotonic() - started

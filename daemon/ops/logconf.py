@@ -6,16 +6,22 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import json
 import logging
+import logging.handlers
 import os
+import queue
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
 
 _call: contextvars.ContextVar[tuple[str, str | None] | None] = contextvars.ContextVar("spoofwatch_call", default=None)
 _STD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+_PLAIN = (str, int, float, bool, type(None), dict, list)
+#: records waiting for the writer thread before new ones are dropped (and counted)
+LOG_QUEUE_RECORDS = 10_000
 SECRET_ENVS = ("SPOOFWATCH_API_KEY", "SPOOFWATCH_WEBHOOK_SECRET", "TWILIO_AUTH_TOKEN", "SPOOFWATCH_RTP_TOKEN")
 
 
@@ -64,10 +70,11 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in _STD and not key.startswith("_"):
-                plain = isinstance(value, str | int | float | bool | type(None) | dict | list)
-                out[key] = value if plain else str(value)
+                out[key] = value if isinstance(value, _PLAIN) else str(value)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # rendered before a hand-over to the writer thread
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str)
 
 
@@ -91,14 +98,81 @@ def choose_format(fmt: str, stream: IO[str]) -> str:
     return "text" if getattr(stream, "isatty", lambda: False)() else "json"
 
 
-def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | None = None) -> None:
+class BackgroundLogHandler(logging.handlers.QueueHandler):
+    """Hands records to a writer thread through a bounded queue: a slow stdout (a full pipe, a busy
+    journald) must never stall the event loop, and with it every call. When the queue is full a
+    record is dropped and counted; the writer reports the count once it catches up."""
+
+    def __init__(self, maxsize: int = LOG_QUEUE_RECORDS) -> None:
+        super().__init__(queue.Queue(maxsize))
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # Render what depends on the caller (args, the exception) here; keep every `extra` field.
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        for key, value in vars(record).items():
+            if key not in _STD and not isinstance(value, _PLAIN):
+                # e.g. a weak proxy to a connection that is gone by the time the writer formats it
+                try:
+                    setattr(record, key, str(value))
+                except Exception:
+                    setattr(record, key, f"<{type(value).__name__}>")
+        if record.exc_info:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class _DropReporter(logging.Filter):
+    """On the writer thread: before the next record, say how many were dropped since the last one."""
+
+    def __init__(self, source: BackgroundLogHandler, sink: logging.Handler) -> None:
+        super().__init__()
+        self.source, self.sink, self.reported = source, sink, 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        dropped = self.source.dropped
+        if dropped > self.reported:
+            note = logging.makeLogRecord({"name": "spoofwatch.log", "levelno": logging.WARNING, "levelname": "WARNING",
+                                          "msg": f"{dropped - self.reported} log lines dropped (log queue full)"})
+            self.reported = dropped
+            self.sink.handle(note)
+        return True
+
+
+def configure_logging(fmt: str = "auto", level: str = "info", stream: IO[str] | None = None, *,
+                      background: bool = False) -> Callable[[], None]:
+    """Root logging to `stream` (stderr). With `background`, lines are written by a thread (the daemon);
+    returns the function that flushes and stops it (a no-op otherwise)."""
     out = stream or sys.stderr
     handler = logging.StreamHandler(out)
     handler.setFormatter(JsonFormatter() if choose_format(fmt, out) == "json" else TextFormatter())
-    handler.addFilter(_Context())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if not background:
+        handler.addFilter(_Context())
+        root.addHandler(handler)
+        return lambda: None
+    front = BackgroundLogHandler()
+    front.addFilter(_Context())  # on the caller's side: the call context lives in its task
+    handler.addFilter(_DropReporter(front, handler))
+    listener = logging.handlers.QueueListener(front.queue, handler)
+    listener.start()
+    root.addHandler(front)
+
+    def stop() -> None:
+        root.removeHandler(front)
+        listener.stop()  # writes what is queued, then joins the thread
+        handler.flush()
+
+    return stop

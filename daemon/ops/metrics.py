@@ -15,6 +15,8 @@ from daemon import __version__
 CHUNK_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 0.5, 1.0)
 #: Chunk written → result read. A segment result needs 2 s of audio, so this is mostly upstream time.
 RESULT_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0)
+#: One garbage collection: the event loop stands still meanwhile, so these edges match chunk latency's.
+GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0)
 #: Result read → webhook 2xx.
 ALERT_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
@@ -101,5 +103,7 @@ class Metrics:
 
         # process
         self.ready = Gauge(f"{p}_ready", "1 while the daemon accepts calls", registry=r)
+        self.gc_pause = Histogram(f"{p}_gc_pause_seconds", "Garbage collections (the event loop stalls meanwhile)",
+                                  ["generation"], buckets=GC_PAUSE_BUCKETS, registry=r)
         self.config_reloads = Counter(f"{p}_config_reloads", "SIGHUP reloads by result", ["result"],
                                       registry=r)

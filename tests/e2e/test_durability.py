@@ -50,6 +50,6 @@ async def test_sigterm_drains_call_in_flight(tmp_path: Path) -> None:
         rc = await daemon.stop(signal.SIGTERM, timeout=40)
         await gen.wait()
         assert rc == 0
-        assert len(hook.of_type("call.summary")) == 1
+        assert len(hook.of_type("call.summary")) == 1, "\n".join(daemon.messages())
         msgs = " ".join(daemon.messages())
         assert "stopping" in msgs and "stopped" in msgs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,8 @@ async def test_delivered_signed_exact_bytes_and_filters(tmp_path: Path) -> None:
         await hook.wait_for(lambda: len(hook.unique()) == 2, 10)
         await other.wait_for(lambda: len(other.unique()) == 1, 10)
         await until(lambda: outbox.counts()["delivered"] == 3)
+        # the gauges follow the outbox within the sender's refresh period
+        await until(lambda: sample(metrics, "spoofwatch_outbox_pending") == 0)
     finally:
         await stop(sender, task)
         await hook.stop()
@@ -165,7 +168,8 @@ async def test_exhausted_goes_dead_then_replay_delivers(tmp_path: Path) -> None:
             if outbox.counts()["dead"]:
                 break
             await asyncio.sleep(0.05)
-        assert outbox.counts()["dead"] == 1 and sample(metrics, "spoofwatch_outbox_dead_letters") == 1
+        assert outbox.counts()["dead"] == 1
+        await until(lambda: sample(metrics, "spoofwatch_outbox_dead_letters") == 1)
         assert hook.attempts == 3
         hook.status = 200
         assert outbox.replay(event) == 1
@@ -196,3 +200,49 @@ async def test_outbox_survives_reopen_and_missing_secret_keeps_events(tmp_path: 
 def test_endpoint_filter(events: list[str]) -> None:
     ep = endpoint("https://x/y", events=events)
     assert ep.accepts("call.summary") and ep.accepts("call.spoof_detected") == (events == [])
+
+
+async def test_emit_commits_off_the_loop_then_delivers(tmp_path: Path) -> None:
+    hook = WebhookReceiver()
+    await hook.start()
+    outbox, metrics = Outbox(tmp_path / "o.db", SystemClock()), Metrics()
+    eps = [endpoint(hook.url)]
+    sender, task = await run_sender(outbox, eps, metrics)
+    committed: list[tuple[str | None, BaseException | None]] = []
+    try:
+        data = {"leg": "inbound", "metadata": {"agent": "7"}}
+        sender.emit("call.spoof_detected", data, endpoints=eps, occurred_at=1.7e9, decided_at=None,
+                    on_committed=lambda eid, exc: committed.append((eid, exc)))
+        data["metadata"]["agent"] = "changed after emit"  # the body was taken at emit time
+        await until(lambda: committed)
+        event_id, exc = committed[0]
+        assert exc is None and event_id is not None and event_id.startswith("msg_")
+        await hook.wait_for(lambda: event_id in hook.unique(), 10)
+    finally:
+        await stop(sender, task)
+        await hook.stop()
+    assert hook.unique()[event_id].body["data"] == {"leg": "inbound", "metadata": {"agent": "7"}}
+
+
+async def test_emit_reports_a_failed_commit(tmp_path: Path) -> None:
+    outbox, metrics = Outbox(tmp_path / "o.db", SystemClock()), Metrics()
+    eps = [endpoint("http://127.0.0.1:9/never")]
+    sender = WebhookSender(outbox, eps, metrics=metrics, clock=SystemClock(), secrets=lambda _: None)
+    outbox.close()  # e.g. the disk went away: the commit fails on the outbox thread
+    committed: list[tuple[str | None, BaseException | None]] = []
+    sender.emit("call.summary", {}, endpoints=eps, occurred_at=1.7e9, decided_at=None,
+                on_committed=lambda eid, exc: committed.append((eid, exc)))
+    await until(lambda: committed)
+    await sender.aclose()
+    assert committed[0][0] is None and isinstance(committed[0][1], Exception)
+
+
+async def test_an_event_is_due_from_when_it_occurred(tmp_path: Path) -> None:
+    """A flush that asks for what is due right after an emit finds the event, even though the commit
+    ran later on the outbox thread."""
+    outbox = Outbox(tmp_path / "o.db", SystemClock())
+    eps = [endpoint("http://127.0.0.1:9/never")]
+    occurred = time.time()
+    outbox.add("call.summary", {}, endpoints=eps, occurred_at=occurred)
+    assert [d.event_type for d in outbox.due(occurred, 10, [eps[0].key])] == ["call.summary"]
+    outbox.close()
