@@ -9,7 +9,7 @@ import numpy as np
 from daemon.audio.chunker import Chunker
 from daemon.audio.codecs import Decoder, Pcm, make_decoder
 from daemon.audio.resample import StreamResampler
-from daemon.model import UPSTREAM_RATE_HZ, AudioFormat
+from daemon.model import UPSTREAM_RATE_HZ, AudioFormat, Codec
 
 
 class LegAudioPath:
@@ -26,6 +26,10 @@ class LegAudioPath:
         self.chunks_out = 0
         self.closed = False
         self._held: list[Pcm] = []  # decoded input not yet resampled (less than one chunk's worth)
+        # G.711 is one byte per sample and stateless: its payloads are held undecoded and decoded in
+        # one table lookup per chunk (a per-20 ms-frame numpy call cost more than the lookup itself)
+        self._raw_hold = fmt.codec in (Codec.PCMU, Codec.PCMA)
+        self._held_raw = bytearray()
         self._held_rate: int | None = None
         self._held_samples = 0
 
@@ -37,7 +41,7 @@ class LegAudioPath:
     def _resample(self, samples: Pcm, rate: int) -> list[bytes]:
         if self.closed:
             raise RuntimeError("audio path already flushed")
-        chunks: list[bytes] = self._release_held() if self._held else []
+        chunks: list[bytes] = self._release_held() if self._held_samples else []
         if self._resampler is None or self._resampler.in_rate != rate:
             if self._resampler is not None:  # rate switch: drain the old filter first
                 chunks += self._chunk(self._resampler.flush())
@@ -58,23 +62,32 @@ class LegAudioPath:
         if self.closed:
             raise RuntimeError("audio path already flushed")
         decoder = self._decoder_for_payloads()
-        samples = decoder.decode(payload)
         rate = decoder.out_rate
-        if self._held_rate not in (None, rate):
-            chunks = self._release_held()
-            return chunks + self._resample(samples, rate)
-        self._held.append(samples)
-        self._held_rate = rate
-        self._held_samples += len(samples)
+        if self._raw_hold:
+            self._held_raw += payload
+            self._held_rate = rate
+            self._held_samples += len(payload)
+        else:
+            samples = decoder.decode(payload)
+            if self._held_rate not in (None, rate):
+                chunks = self._release_held()
+                return chunks + self._resample(samples, rate)
+            self._held.append(samples)
+            self._held_rate = rate
+            self._held_samples += len(samples)
         missing_out = (self._chunker.chunk_bytes - self._chunker.pending_bytes) // 2
         if self._held_samples * self.out_rate >= missing_out * rate:
             return self._release_held()
         return []
 
     def _release_held(self) -> list[bytes]:
-        if not self._held:
+        if self._held_raw:
+            samples = self._decoder_for_payloads().decode(bytes(self._held_raw))
+            self._held_raw.clear()
+        elif self._held:
+            samples = self._held[0] if len(self._held) == 1 else np.concatenate(self._held)
+        else:
             return []
-        samples = self._held[0] if len(self._held) == 1 else np.concatenate(self._held)
         rate = self._held_rate
         self._held, self._held_rate, self._held_samples = [], None, 0
         assert rate is not None

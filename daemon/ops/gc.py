@@ -23,7 +23,7 @@ from typing import Any
 from prometheus_client import Histogram
 
 #: Young-generation threshold (CPython's default is 700 net allocations).
-GEN0_THRESHOLD = 20_000
+GEN0_THRESHOLD = 5_000
 GEN1_THRESHOLD = 10
 GEN2_THRESHOLD = 10
 

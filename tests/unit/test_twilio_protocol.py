@@ -215,6 +215,18 @@ def test_duplicate_start_dropped_first_kept() -> None:
         (media_msg(b64=""), "empty_payload"),
         (media_msg(track="both"), "unknown_track"),
         (media_msg(chunk="x"), "bad_field"),
+        (media_msg(chunk="１２"), "bad_field"),  # digits, but not ASCII ones
+        (media_msg(b64="QUJD\u00e9"), "bad_base64"),  # not ASCII
+        ({"event": "media", "streamSid": SID, "media": {"track": ["inbound"], "chunk": "1", "timestamp": "0",
+                                                        "payload": "AA=="}}, "unknown_track"),  # unhashable
+        ({"event": "media", "streamSid": SID, "media": {"track": {"a": 1}, "chunk": "1", "timestamp": "0",
+                                                        "payload": "AA=="}}, "unknown_track"),
+        ({"event": "media", "streamSid": SID, "media": {"track": "inbound", "chunk": True, "timestamp": "0",
+                                                        "payload": "AA=="}}, "bad_field"),
+        ({"event": "media", "streamSid": SID, "media": {"track": "inbound", "chunk": "1", "timestamp": 1.5,
+                                                        "payload": "AA=="}}, "bad_field"),
+        ({"event": "media", "streamSid": SID, "media": {"track": "inbound", "chunk": "1", "timestamp": "0",
+                                                        "payload": 12}}, "missing_field"),
         (media_msg(ts="-5"), "bad_field"),
         ({"event": "media", "streamSid": SID}, "missing_field"),
         ({"event": "media", "streamSid": SID, "media": {"track": "inbound", "chunk": "1", "timestamp": "0"}},

@@ -37,7 +37,6 @@ reason and ends the call; the parser returns nothing more afterwards:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 from collections.abc import Mapping
@@ -258,43 +257,61 @@ class TwilioStreamParser:
         return self.started
 
     def _media(self, msg: dict[str, Any], now: float) -> list[TwilioEvent]:
-        self._check_stream(msg, "media")
+        # The hot path (50 messages per track per second): plain field checks inline, the common
+        # case first; anything unusual falls back to the helpers for the exact reason.
+        started = self.started
+        if started is None:
+            raise _Bad("media_before_start", "media")
+        sid = msg.get("streamSid")
+        if sid is not None and sid != started.stream_sid:
+            raise _Bad("wrong_stream_sid", str(sid)[:40])
         media = msg.get("media")
         if not isinstance(media, dict):
             raise _Bad("missing_field", "no 'media' object")
-        track = _TRACK_NAMES.get(str(media.get("track", "")))
+        raw_track = media.get("track", "")
+        track = _TRACK_NAMES.get(raw_track) if type(raw_track) is str else None  # a list is not even hashable
         if track is None:
             raise _Bad("unknown_track", str(media.get("track"))[:40])
-        chunk = _int_field(media, "chunk")
-        ts = _int_field(media, "timestamp")
+        chunk = media.get("chunk")
+        chunk = int(chunk) if type(chunk) is str and chunk.isdigit() and chunk.isascii() and len(chunk) <= 15 \
+            else _int_field(media, "chunk")
+        ts = media.get("timestamp")
+        ts = int(ts) if type(ts) is str and ts.isdigit() and ts.isascii() and len(ts) <= 15 \
+            else _int_field(media, "timestamp")
         b64 = media.get("payload")
         if not isinstance(b64, str):
             raise _Bad("missing_field", "media.payload")
         if not b64:
             raise _Bad("empty_payload", "media.payload is empty")
         try:
-            payload = base64.b64decode(b64, validate=True)
+            # strict: only the base64 alphabet and correct padding (what b64decode(validate=True) checks)
+            payload = binascii.a2b_base64(b64, strict_mode=True)
         except (binascii.Error, ValueError) as exc:
             raise _Bad("bad_base64", str(exc)[:80]) from None
         if not payload:
             raise _Bad("empty_payload", "media.payload decodes to nothing")
 
-        out: list[TwilioEvent] = []
-        duration_ms = len(payload) / _BYTES_PER_MS
+        media_event = Media(track, chunk, ts, payload)
         state = self._tracks.get(track)
-        if state is not None:
-            jump_ms = ts - state.next_ts_ms
-            if jump_ms > GAP_TOLERANCE_MS:
-                lost = jump_ms / 1000
-                out.append(Gap(track, lost, min(lost, self.gap_fill_max_s)))
-            elif ts < state.last_ts_ms:
-                out.append(Problem("timestamp_backwards", False, f"{track} {state.last_ts_ms} → {ts}"))
-            else:
-                late = (now - state.last_arrival) - (ts - state.last_ts_ms) / 1000
-                if late > self.lag_threshold_s:
-                    out.append(Lag(track, late))
-        self._tracks[track] = _TrackState(next_ts_ms=ts + round(duration_ms), last_ts_ms=ts, last_arrival=now)
-        out.append(Media(track, chunk, ts, payload))
+        if state is None:
+            self._tracks[track] = _TrackState(next_ts_ms=ts + round(len(payload) / _BYTES_PER_MS), last_ts_ms=ts,
+                                              last_arrival=now)
+            return [media_event]
+        out: list[TwilioEvent] = []
+        jump_ms = ts - state.next_ts_ms
+        if jump_ms > GAP_TOLERANCE_MS:
+            lost = jump_ms / 1000
+            out.append(Gap(track, lost, min(lost, self.gap_fill_max_s)))
+        elif ts < state.last_ts_ms:
+            out.append(Problem("timestamp_backwards", False, f"{track} {state.last_ts_ms} → {ts}"))
+        else:
+            late = (now - state.last_arrival) - (ts - state.last_ts_ms) / 1000
+            if late > self.lag_threshold_s:
+                out.append(Lag(track, late))
+        state.next_ts_ms = ts + round(len(payload) / _BYTES_PER_MS)
+        state.last_ts_ms = ts
+        state.last_arrival = now
+        out.append(media_event)
         return out
 
     def _dtmf(self, msg: dict[str, Any]) -> list[TwilioEvent]:
