@@ -9,14 +9,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
 import pytest
 
 from daemon.clock import SystemClock
-from daemon.config import SimulatorConfig, UpstreamConfig, UpstreamCredentials
+from daemon.config import UpstreamConfig, UpstreamCredentials
 from daemon.model import DeepfakeResult, LegRef
 from daemon.ops.metrics import Metrics
 from daemon.upstream.channels import ChannelPool
@@ -78,14 +77,6 @@ class Leg:
     async def close(self) -> None:
         await self.stream.aclose()
         await self.pool.close()
-
-
-@pytest.fixture
-async def sim() -> AsyncIterator[SimulatorServer]:
-    server = SimulatorServer(SimulatorConfig(), cid=TEST_CID, api_key=TEST_API_KEY)
-    await server.start("127.0.0.1:0")
-    yield server
-    await server.stop(0.2)
 
 
 async def until(cond: Any, timeout: float = 10.0) -> None:

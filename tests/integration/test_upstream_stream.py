@@ -64,14 +64,6 @@ def got(results: list[DeepfakeResult]) -> list[tuple[Level, float, float]]:
 
 
 @pytest.fixture
-async def sim() -> AsyncIterator[SimulatorServer]:
-    server = SimulatorServer(SimulatorConfig(), cid=TEST_CID, api_key=TEST_API_KEY)
-    await server.start("127.0.0.1:0")
-    yield server
-    await server.stop(0.2)
-
-
-@pytest.fixture
 async def pools(sim: SimulatorServer) -> AsyncIterator[Callable[..., ChannelPool]]:
     made: list[ChannelPool] = []
 
