@@ -75,6 +75,7 @@ listen = "127.0.0.1:0"
 max_calls = 5000
 [outbox]
 path = "{outbox}"
+synchronous = "{outbox_sync}"
 [[webhook]]
 url = "http://127.0.0.1:{hook_port}/hook"
 secret_env = "BENCH_WEBHOOK_SECRET"
@@ -91,7 +92,8 @@ async def one_run(calls: int, args: argparse.Namespace, work: Path) -> dict[str,
     async with sink_receiver() as hook_port:
         cfg_text = CONFIG.split("[[webhook]]")[0] if args.no_webhook else CONFIG
         daemon = await start_daemon(cfg_text.format(sim_port=sim_port, channels=args.channels,
-                                                  outbox=work / f"outbox-{calls}.sqlite3", hook_port=hook_port), work)
+                                                  outbox=work / f"outbox-{calls}.sqlite3", outbox_sync=args.outbox_sync,
+                                                  hook_port=hook_port), work)
         if args.pin:
             await pin(daemon.pid, 0)
             await pin(sim.pid, 1)
@@ -178,6 +180,7 @@ async def main() -> int:
     p.add_argument("--channels", type=int, default=2)
     p.add_argument("--clip", choices=("marked", "clean"), default="marked",
                    help="inbound clip: marked (every call alerts) or clean (no alerts: isolates the alert path)")
+    p.add_argument("--outbox-sync", choices=("full", "normal"), default="full", help="[outbox] synchronous")
     p.add_argument("--no-webhook", action="store_true",
                    help="no [[webhook]]: events are committed to the outbox but not delivered")
     p.add_argument("--no-pin", dest="pin", action="store_false",

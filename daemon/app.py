@@ -189,7 +189,7 @@ class Daemon:
         state_dir = self.environ.get("STATE_DIRECTORY")
         if state_dir and not outbox_path.is_absolute():
             outbox_path = Path(state_dir.split(":")[0]) / outbox_path
-        self.outbox = Outbox(outbox_path, self.clock)
+        self.outbox = Outbox(outbox_path, self.clock, synchronous=cfg.outbox.synchronous)
         self.sender = WebhookSender(self.outbox, self.endpoints, metrics=self.metrics, clock=self.clock,
                                     schedule=RetrySchedule(cfg.outbox.retry_schedule_s),
                                     max_attempts=cfg.outbox.max_attempts,

@@ -178,6 +178,10 @@ class PolicyConfig:
 @dataclass(frozen=True)
 class OutboxConfig:
     path: str = opt("spoofwatch-outbox.sqlite3", "SQLite outbox file (relative: to the working or state directory)")
+    synchronous: str = opt("full", 'SQLite sync mode: "full" fsyncs every (group) commit and survives power loss; '
+                           '"normal" survives a crash or kill -9 of the daemon but may lose the last events on power '
+                           "loss or a kernel crash, and spares slow disks an fsync per commit",
+                           choices=("full", "normal"))
     delivered_retention_s: float = opt(7 * 86400.0, "delivered events kept this long, then purged",
                                        min=0, max=366 * 86400)
     max_attempts: int = opt(12, "delivery attempts before an event is dead-lettered", min=1, max=1000)

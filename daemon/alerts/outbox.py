@@ -105,7 +105,7 @@ class Delivery:
 
 
 class Outbox:
-    def __init__(self, path: str | os.PathLike[str], clock: Clock) -> None:
+    def __init__(self, path: str | os.PathLike[str], clock: Clock, *, synchronous: str = "full") -> None:
         self.path = Path(path)
         self.clock = clock
         if self.path.parent and not self.path.parent.exists():
@@ -114,7 +114,10 @@ class Outbox:
         # used from the sender's thread and the loop's (admin, shutdown): `_lock` serialises them
         self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
+        # WAL + NORMAL: a commit is in the OS page cache (survives the process), fsynced at checkpoints
+        self._db.execute(f"PRAGMA synchronous={synchronous.upper()}")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
 

@@ -82,7 +82,8 @@ class LegStream:
         self._queue_max = queue_chunks
         self._replay: deque[_Chunk] = deque(maxlen=max(replay_chunks, 0) or None)
         self._replay_enabled = replay_chunks > 0
-        self._written: deque[tuple[float, float]] = deque(maxlen=2000)  # (chunk end_s, written_at)
+        # (chunk end_s, written_at) for result latency: 2 min of audio covers any result read in time
+        self._written: deque[tuple[float, float]] = deque(maxlen=480)
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
