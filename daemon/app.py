@@ -204,10 +204,10 @@ class Daemon:
         host, port = parse_hostport(cfg.http.listen)
         self.http = OpsHttpServer(self.metrics, is_ready=lambda: self.ready, health_detail=self._health_detail)
         self.ports["http"] = await self.http.start(host, port)
-        self.gc_watch.install()
         if self.tune_gc:
             frozen = settle_heap()
             log.debug("gc: %d startup objects frozen out of collections", frozen)
+        self.gc_watch.install()  # after the one deliberate full collection above: pauses while serving
         self.ready = True
         self.metrics.ready.set(1)
         self._log_banner()
