@@ -146,7 +146,8 @@ class RtpIngestConfig:
     auto_calls: bool = opt(True, "a packet on an unallocated port opens a call keyed by (port, SSRC)")
     inactivity_timeout_ms: int = opt(3000, "a leg without packets for this long ends", min=100, max=600000)
     jitter_window_packets: int = opt(16, "reordering window of the jitter buffer", min=1, max=1024)
-    batch_ms: int = opt(100, "decode and resample in batches of this much audio", min=20, max=1000)
+    batch_ms: int = opt(100, "tick: start of playout, gap fill, idle legs, and batched decoding of codecs other than "
+                        "G.711 (G.711 goes to its leg as packets arrive)", min=20, max=1000)
     recv_buffer_bytes: int = opt(4 * 1048576, "SO_RCVBUF of each RTP socket", min=65536, max=256 * 1048576)
     control_listen: str = opt("127.0.0.1:9109", "HOST:PORT of the RTP session control API")
     control_token_env: str = opt("SPOOFWATCH_RTP_TOKEN", "environment variable with the control API bearer token")

@@ -23,7 +23,7 @@ from daemon.alerts.schedule import RetrySchedule, parse_retry_after
 from daemon.alerts.signing import SecretError, parse_secrets, sign
 from daemon.clock import Clock
 from daemon.config import read_secret
-from daemon.ops.metrics import Metrics
+from daemon.ops.metrics import Metrics, exemplar
 
 log = logging.getLogger("spoofwatch.webhook")
 USER_AGENT = f"spoofwatch/{__version__}"
@@ -228,7 +228,8 @@ class WebhookSender:
             assert status is not None
             await self._db(self.outbox.mark_delivered, d, status)
             if d.decided_at is not None and d.event_type == "call.spoof_detected":
-                self.metrics.alert_latency.observe(max(0.0, self.clock.wall() - d.decided_at))
+                self.metrics.alert_latency.observe(max(0.0, self.clock.wall() - d.decided_at),
+                                                   exemplar(webhook_id=d.event_id))
         elif outcome == "gone":
             n = await self._db(self.outbox.disable_endpoint, ep.key, "410 Gone")
             self._disabled = self._disabled | {ep.key}

@@ -27,6 +27,11 @@ class RtpLoadResult:
                 + "".join(f"\nerror: {e}" for e in self.errors[:10]))
 
 
+#: sub-slots of a 20 ms tick that streams are spread over, and ticks over which their starts are spread
+SLOTS = 10
+START_SPREAD = 13  # 13 × 20 ms ≥ one 250 ms chunk
+
+
 async def run_rtp_calls(host: str, ports: list[int], payload_8k: bytes, *, pt: int, duration_s: float,
                         bye: bool = True, ssrc_base: int = 0x5EED0000) -> RtpLoadResult:
     """Each port gets the clip's encoded bytes in 160-byte packets, looped, for `duration_s`."""
@@ -43,26 +48,32 @@ async def run_rtp_calls(host: str, ports: list[int], payload_8k: bytes, *, pt: i
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
     n_ticks = int(duration_s / FRAME_S)
+    # Like real forks, streams are not in phase: stream k sends in sub-slot k % SLOTS of each 20 ms
+    # tick and starts k % START_SPREAD ticks late, so calls' 250 ms chunk boundaries fall apart too.
+    first_tick = [k % START_SPREAD for k in range(len(ports))]
     start = time.monotonic()
     try:
-        for tick in range(n_ticks):
-            due = start + tick * FRAME_S
-            delay = due - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            late = time.monotonic() - due
-            result.ticks += 1
-            if late > FRAME_S:
-                result.late_ticks += 1
-            result.max_lateness_s = max(result.max_lateness_s, late)
-            frame = frames[tick % len(frames)]
-            for k, port in enumerate(ports):
-                pkt = build_rtp(pt, tick, tick * 160, ssrc_base + k, frame, marker=tick == 0)
-                try:
-                    sock.sendto(pkt, (host, port))
-                    result.packets_sent += 1
-                except BlockingIOError:
-                    result.errors.append("send buffer full")
+        for tick in range(n_ticks + START_SPREAD):
+            for slot in range(SLOTS):
+                due = start + tick * FRAME_S + slot * FRAME_S / SLOTS
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                late = time.monotonic() - due
+                result.ticks += 1
+                if late > FRAME_S:
+                    result.late_ticks += 1
+                result.max_lateness_s = max(result.max_lateness_s, late)
+                for k in range(slot, len(ports), SLOTS):
+                    i = tick - first_tick[k]
+                    if not 0 <= i < n_ticks:
+                        continue
+                    pkt = build_rtp(pt, i, i * 160, ssrc_base + k, frames[i % len(frames)], marker=i == 0)
+                    try:
+                        sock.sendto(pkt, (host, ports[k]))
+                        result.packets_sent += 1
+                    except BlockingIOError:
+                        result.errors.append("send buffer full")
         if bye:
             for k, port in enumerate(ports):
                 sock.sendto(build_rtcp_bye(ssrc_base + k), (host, port + 1))

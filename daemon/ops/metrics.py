@@ -21,6 +21,26 @@ GC_PAUSE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1
 ALERT_LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
+#: OpenMetrics caps an exemplar's label names and values at 128 characters in all.
+EXEMPLAR_MAX_CHARS = 128
+#: Chunk latency gets an exemplar only above this: the slow chunks are the ones worth tracing to a call.
+CHUNK_EXEMPLAR_OVER_S = 0.01
+
+
+def exemplar(**labels: str) -> dict[str, str]:
+    """Exemplar labels (e.g. call_id) cut to fit the OpenMetrics limit: a long id must never turn an
+    observation into an exception."""
+    out: dict[str, str] = {}
+    room = EXEMPLAR_MAX_CHARS
+    for name, value in labels.items():
+        room -= len(name)
+        if room <= 0:
+            break
+        out[name] = value[:room]
+        room -= len(out[name])
+    return out
+
+
 class Metrics:
     """One instance per daemon (tests make their own with a fresh registry)."""
 

@@ -26,7 +26,7 @@ import grpc
 from daemon.clock import Clock
 from daemon.config import UpstreamConfig, UpstreamCredentials
 from daemon.model import UPSTREAM_RATE_HZ, DeepfakeResult, LegRef
-from daemon.ops.metrics import Metrics
+from daemon.ops.metrics import CHUNK_EXEMPLAR_OVER_S, Metrics, exemplar
 from daemon.upstream.channels import ChannelPool, PooledChannel
 from daemon.upstream.results import audio_message, config_message, map_stream_result
 
@@ -84,6 +84,7 @@ class LegStream:
         self._replay_enabled = replay_chunks > 0
         # (chunk end_s, written_at) for result latency: 2 min of audio covers any result read in time
         self._written: deque[tuple[float, float]] = deque(maxlen=480)
+        self._exemplar = exemplar(call_id=leg.call_id, leg=leg.leg)  # latency observations → which call
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -299,7 +300,11 @@ class LegStream:
                     self._queue.appendleft(item)
                     raise
                 now = self.clock.monotonic()
-                self.metrics.chunk_latency.observe(max(0.0, now - item[_RECEIVED]))
+                latency = max(0.0, now - item[_RECEIVED])
+                if latency > CHUNK_EXEMPLAR_OVER_S:
+                    self.metrics.chunk_latency.observe(latency, self._exemplar)
+                else:
+                    self.metrics.chunk_latency.observe(latency)
                 self.metrics.chunks.inc()
                 self.chunks_sent += 1
                 self._written.append((item[_END], now))
@@ -378,7 +383,7 @@ class LegStream:
             self.metrics.results.labels(r.label, r.level.value, "true" if r.simulated else "false").inc()
             written_at = self._written_time(r.end_s)
             if written_at is not None:
-                self.metrics.result_latency.observe(max(0.0, now - written_at))
+                self.metrics.result_latency.observe(max(0.0, now - written_at), self._exemplar)
             try:
                 self.on_result(r)
             except Exception:

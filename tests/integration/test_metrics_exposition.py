@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from prometheus_client import generate_latest
 
-from daemon.ops.metrics import Metrics
+from daemon.ops.metrics import EXEMPLAR_MAX_CHARS, Metrics, exemplar
 
 
 def exercised() -> Metrics:
@@ -42,3 +42,11 @@ def test_no_call_id_labels_and_slo_bucket_edges() -> None:
     edges = {s.labels.get("le") for s in m.registry.collect() for s in s.samples
              if s.name == "spoofwatch_chunk_latency_seconds_bucket"}
     assert "0.02" in edges  # the 20 ms chunk-latency SLO is a bucket edge
+
+
+def test_exemplar_labels_are_cut_to_the_openmetrics_limit() -> None:
+    m = Metrics()
+    labels = exemplar(call_id="CA" + "f" * 300, leg="inbound")
+    assert sum(len(k) + len(v) for k, v in labels.items()) <= EXEMPLAR_MAX_CHARS
+    m.result_latency.observe(1.0, labels)  # prometheus_client raises above the limit: this must not
+    assert exemplar(call_id="CA1", leg="outbound") == {"call_id": "CA1", "leg": "outbound"}

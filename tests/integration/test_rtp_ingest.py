@@ -15,7 +15,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from daemon.audio.codecs import encode_ulaw
+from daemon.audio.codecs import encode_ulaw, make_decoder
 from daemon.calls.api import CallRefused
 from daemon.clock import SystemClock
 from daemon.config import RtpIngestConfig
@@ -27,13 +27,18 @@ from daemon.ops.metrics import Metrics
 
 
 class RecordingLeg:
-    def __init__(self) -> None:
+    def __init__(self, fmt: AudioFormat) -> None:
+        self.fmt = fmt
         self.pcm: list[np.ndarray] = []
         self.silence_s = 0.0
         self.closed = False
+        self.raw_pushes = 0
 
     def push(self, payload: bytes, received_at: float) -> None:
-        raise AssertionError("RTP decodes itself: push_pcm only")
+        # G.711 in the leg's own format is handed over undecoded (the real sink's path decodes it)
+        assert self.fmt.codec.value in ("pcmu", "pcma"), self.fmt
+        self.raw_pushes += 1
+        self.pcm.append(make_decoder(self.fmt).decode(payload))
 
     def push_pcm(self, samples: np.ndarray, rate: int, received_at: float) -> None:
         assert rate == 8000
@@ -57,7 +62,7 @@ class RecordingCall:
         self.ended: str | None = None
 
     def open_leg(self, leg: str, fmt: AudioFormat) -> RecordingLeg:
-        return self.legs.setdefault(leg, RecordingLeg())
+        return self.legs.setdefault(leg, RecordingLeg(fmt))
 
     def dtmf(self, leg: str, digit: str) -> None:
         pass
@@ -131,6 +136,7 @@ async def test_reordered_on_the_wire_comes_out_in_order(ingest: tuple[RtpIngest,
     from daemon.audio.codecs import decode_ulaw
 
     assert np.array_equal(leg.samples, decode_ulaw(expected.tobytes())) and leg.closed and leg.silence_s == 0
+    assert leg.raw_pushes > 0  # after playout starts, PCMU goes to the leg as it arrives, undecoded
 
 
 async def test_garbage_counted_ssrc_change_continues_leg_and_gaps_filled(

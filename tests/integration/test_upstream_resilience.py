@@ -311,3 +311,25 @@ async def test_idle_leg_longer_than_the_stall_timeout_is_not_broken(sim: Simulat
     assert rec.chunks == chunks and rec.status_code is not None and rec.status_code.name == "OK"
     segments = [(r.start_s, r.end_s) for r in leg.results if r.level.value == "segment"]
     assert segments == [(0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0)]
+
+
+async def test_latency_exemplars_name_the_call(sim: SimulatorServer) -> None:
+    """Call ids never become labels; slow chunks and every result carry them as OpenMetrics exemplars."""
+    from prometheus_client.openmetrics import exposition as openmetrics
+
+    leg = Leg(sim)
+    leg.stream.start()
+    for c in marked(20):
+        leg.stream.send_chunk(c, 0.0)  # "received" at time 0: every chunk is late, so each gets an exemplar
+        await asyncio.sleep(0.01)
+    await leg.stream.finish(10)
+    await leg.close()
+    text = openmetrics.generate_latest(leg.metrics.registry).decode()  # type: ignore[no-untyped-call]
+
+    def exemplar_lines(metric: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith(f"{metric}_bucket") and " # {" in line]
+
+    for metric in ("spoofwatch_chunk_latency_seconds", "spoofwatch_result_latency_seconds"):
+        lines = exemplar_lines(metric)
+        assert lines, metric
+        assert all('call_id="call-9",leg="inbound"' in line for line in lines), lines

@@ -5,9 +5,11 @@ with `auto_calls`, a packet on an unallocated port opens a call `rtp-<port>-<fir
 SSRC changes on that port continue the same leg, as real senders switch SSRC mid-call). A leg ends
 on RTCP BYE, on DELETE through the control API, or after `inactivity_timeout_ms` without packets.
 
-Hot path: `datagram_received` parses and jitter-buffers synchronously (never awaits). A single
-periodic tick every `batch_ms` decodes by each packet's payload type and pushes ~100 ms batches to
-the call layer, fills timestamp gaps with silence, and ends idle legs. Per-leg backlog is bounded,
+Hot path: `datagram_received` parses and jitter-buffers synchronously (never awaits). G.711 packets
+the jitter buffer releases go to their leg at once, undecoded: the leg's audio path holds them and
+resamples once per 250 ms chunk, so a chunk is cut when its last packet arrives. A single periodic
+tick every `batch_ms` starts playout of new streams, decodes other codecs by payload type in ~100 ms
+batches, fills timestamp gaps with silence, and ends idle legs. Per-leg backlog is bounded,
 so a flood on one port costs that port its excess packets and never starves another call.
 Sockets: SO_RCVBUF = recv_buffer_bytes; the datagram transport's recvfrom size is cut from
 256 KiB to `datagram_max_bytes` (CPython's selector transport allocates that much per packet).
@@ -31,13 +33,15 @@ from daemon.config import RtpIngestConfig
 from daemon.ingest.rtp.codecmap import CodecMap, PayloadSpec, parse_map
 from daemon.ingest.rtp.jitter import JitterBuffer
 from daemon.ingest.rtp.packet import RTCP_BYE, RtpError, RtpPacket, is_rtcp, parse_rtcp, parse_rtp
-from daemon.model import PCMU_8K, CallInfo
+from daemon.model import PCMU_8K, AudioFormat, CallInfo, Codec
 from daemon.ops.metrics import Metrics
 
 log = logging.getLogger("spoofwatch.ingest.rtp")
 INGEST = "rtp"
 MAX_BACKLOG_PACKETS = 500  # per leg between ticks (10 s of 20 ms packets): beyond it, a flood
 MAX_GAP_FILL_S = 2.0
+#: codecs whose payloads the leg's audio path takes undecoded (one byte per sample, stateless)
+_RAW_CODECS = frozenset({Codec.PCMU, Codec.PCMA})
 BYE_GRACE_S = 0.25  # media that a BYE overtook (separate sockets) still lands in its leg
 
 
@@ -62,6 +66,8 @@ class PortLeg:
     backlog: list[RtpPacket] = field(default_factory=list)
     last_arrival: float = 0.0
     sink: LegSink | None = None
+    sink_fmt: AudioFormat | None = None  # the format the sink's own audio path decodes
+    raw_pt: int | None = None  # the payload type handed to the sink undecoded (G.711 in sink_fmt)
     decoders: dict[int, Decoder] = field(default_factory=dict)
     expected_ts: int | None = None
     last_ssrc: int | None = None
@@ -209,7 +215,24 @@ class RtpIngest:
         if len(leg.backlog) >= MAX_BACKLOG_PACKETS:
             self.metrics.drops.labels(INGEST, "flood").inc()
             return
-        leg.backlog.extend(leg.jitter.push(pkt))
+        released = leg.jitter.push(pkt)
+        if not released:
+            return
+        if leg.raw_pt is not None:
+            # G.711 goes on at once: the leg's audio path holds it undecoded and resamples once per
+            # 250 ms chunk, so the chunk is cut when its last packet arrives, not at the next tick.
+            if len(released) == 1 and not leg.backlog:
+                first = released[0]
+                if (first.payload_type == leg.raw_pt and first.ssrc == leg.last_ssrc
+                        and first.timestamp == leg.expected_ts and first.payload and leg.sink is not None):
+                    # the in-order common case: no gap, same stream, same codec
+                    leg.sink.push(first.payload, now)
+                    leg.expected_ts = (first.timestamp + len(first.payload)) & 0xFFFFFFFF
+                    return
+            leg.backlog.extend(released)
+            self._flush_leg(leg, now)
+            return
+        leg.backlog.extend(released)
 
     def _auto_call(self, port: int, pkt: RtpPacket, now: float) -> PortLeg | None:
         if not self.cfg.auto_calls or not self._accepting:
@@ -300,6 +323,16 @@ class RtpIngest:
             if pkt.ssrc != leg.last_ssrc:
                 leg.last_ssrc = pkt.ssrc
                 leg.expected_ts = None  # new sub-stream: no gap fill across an SSRC change
+            if leg.sink is not None and spec.fmt == leg.sink_fmt and spec.fmt is not None \
+                    and spec.fmt.codec in _RAW_CODECS and pkt.payload:
+                # the sink's own path decodes this payload type: hand over the bytes (1 byte = 1 sample)
+                push_parts()
+                gap_s = self._gap_s(leg, pkt.timestamp, spec.clock_rate)
+                if gap_s:
+                    leg.sink.push_silence(gap_s, now)
+                leg.sink.push(pkt.payload, now)
+                leg.expected_ts = (pkt.timestamp + len(pkt.payload)) & 0xFFFFFFFF
+                continue
             decoder = leg.decoders.get(pkt.payload_type)
             if decoder is None:
                 assert spec.fmt is not None
@@ -310,20 +343,33 @@ class RtpIngest:
                 self.metrics.drops.labels(INGEST, "decode_error").inc()
                 continue
             if leg.sink is None:
-                leg.sink = leg.call.handle.open_leg(leg.name, spec.fmt or PCMU_8K)
-            if leg.expected_ts is not None:
-                gap_units = (pkt.timestamp - leg.expected_ts) & 0xFFFFFFFF
-                if 0 < gap_units < 0x80000000:
-                    gap_s = gap_units / spec.clock_rate
-                    if gap_s <= MAX_GAP_FILL_S:  # larger jumps are a discontinuity, not lost audio
-                        push_parts()
-                        leg.sink.push_silence(gap_s, now)
+                leg.sink_fmt = spec.fmt or PCMU_8K
+                leg.sink = leg.call.handle.open_leg(leg.name, leg.sink_fmt)
+                if spec.fmt is not None and spec.fmt.codec in _RAW_CODECS:
+                    leg.raw_pt = pkt.payload_type
+            gap_s = self._gap_s(leg, pkt.timestamp, spec.clock_rate)
+            if gap_s:
+                push_parts()  # what came before the gap goes first
+                leg.sink.push_silence(gap_s, now)
             if decoder.out_rate != rate:
                 push_parts()
                 rate = decoder.out_rate
             parts.append(samples)
             leg.expected_ts = (pkt.timestamp + round(len(samples) * spec.clock_rate / decoder.out_rate)) & 0xFFFFFFFF
         push_parts()
+
+    @staticmethod
+    def _gap_s(leg: PortLeg, timestamp: int, clock_rate: int) -> float:
+        """Seconds of audio lost between the last packet and this one (an RTP timestamp jump), to be
+        filled with silence; 0 when none, or when the jump is a discontinuity rather than loss."""
+        if leg.expected_ts is None:
+            return 0.0
+        gap_units = (timestamp - leg.expected_ts) & 0xFFFFFFFF
+        if 0 < gap_units < 0x80000000:
+            gap_s = gap_units / clock_rate
+            if gap_s <= MAX_GAP_FILL_S:
+                return gap_s
+        return 0.0
 
     def _end_leg(self, leg: PortLeg, reason: str) -> None:
         if leg.ended:
