@@ -90,7 +90,7 @@ class WebhookSender:
         self._endpoints, self._keys = usable, keys
         for ep in endpoints:
             self.metrics.endpoint_disabled.labels(ep.key).set(0)
-        self._io.submit(self._refresh_snapshot).result()
+        self._apply_snapshot(self._io.submit(self._read_snapshot).result())
         self.wake()
 
     def wake(self) -> None:
@@ -122,20 +122,21 @@ class WebhookSender:
         self.wake()
         on_committed(event_id, exc)
 
-    def _refresh_snapshot(self) -> None:
+    def _read_snapshot(self) -> tuple[dict[str, int], list[dict[str, Any]], frozenset[str]]:
         """Outbox thread: counts, endpoint states and the disabled set (an `outbox replay` from the CLI
         re-enables an endpoint in the database; this is where the daemon notices)."""
-        counts = self.outbox.counts()
-        states = self.outbox.endpoint_states()
-        disabled = frozenset(self.outbox.disabled_endpoints())
-        self.counts, self.endpoint_states, self._disabled = counts, states, disabled
-        self.metrics.outbox_pending.set(counts["pending"])
-        self.metrics.outbox_dead.set(counts["dead"])
-        for key in disabled:
+        return (self.outbox.counts(), self.outbox.endpoint_states(), frozenset(self.outbox.disabled_endpoints()))
+
+    def _apply_snapshot(self, snapshot: tuple[dict[str, int], list[dict[str, Any]], frozenset[str]]) -> None:
+        """Loop side: the sender's state changes on one thread only."""
+        self.counts, self.endpoint_states, self._disabled = snapshot
+        self.metrics.outbox_pending.set(self.counts["pending"])
+        self.metrics.outbox_dead.set(self.counts["dead"])
+        for key in self._disabled:
             self.metrics.endpoint_disabled.labels(key).set(1)
 
     async def refresh(self) -> None:
-        await self._db(self._refresh_snapshot)
+        self._apply_snapshot(await self._db(self._read_snapshot))
         self._stale = False
         self._refreshed_at = self.clock.monotonic()
 
@@ -158,10 +159,9 @@ class WebhookSender:
                 await self._dispatch_due()
                 await self._purge_old()
                 next_at = await self._db(self.outbox.next_due_at, self._active_keys())
+                # a stale snapshot has its own wake-up (`_mark_stale`'s timer)
                 wait = IDLE_REFRESH_S if next_at is None else min(IDLE_REFRESH_S,
                                                                   max(0.05, next_at - self.clock.wall()))
-                if self._stale:
-                    wait = min(wait, max(0.05, REFRESH_S - (self.clock.monotonic() - self._refreshed_at)))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,20 @@ def check_replay(sim: SimulatorServer, chunks: list[bytes], results: list[Deepfa
     return runs
 
 
+async def send_and_heal(leg: Leg, chunks: list[bytes], *, pause_s: float, heal_after_reconnects: int,
+                        heal: Callable[[], None]) -> bool:
+    """Send `chunks` one by one, `pause_s` apart; once the leg has reconnected that often, `heal()` the
+    upstream (once). Returns whether it healed."""
+    healed = False
+    for c in chunks:
+        leg.stream.send_chunk(c, 0.0)
+        await asyncio.sleep(pause_s)
+        if not healed and leg.value("spoofwatch_upstream_reconnects_total") >= heal_after_reconnects:
+            heal()
+            healed = True
+    return healed
+
+
 # (a) + (e): the stream breaks mid-call ----------------------------------------------------------
 
 @pytest.mark.parametrize("fault", ["unavailable_after_s", "close_connection_after_s"])
@@ -111,13 +126,9 @@ async def test_stream_broken_mid_call_is_reopened_with_replay(sim: SimulatorServ
     chunks = marked(100)  # 25 s of call audio, sent in ~2 s
     sim.set_faults(**{fault: 0.6})
     leg.stream.start()
-    healed = False
-    for c in chunks:
-        leg.stream.send_chunk(c, 0.0)
-        await asyncio.sleep(0.02)
-        if not healed and leg.value("spoofwatch_upstream_reconnects_total") >= 1:
-            sim.set_faults(**{fault: 0.0})  # upstream heals after the first reconnect
-            healed = True
+    # upstream heals after the first reconnect
+    healed = await send_and_heal(leg, chunks, pause_s=0.02, heal_after_reconnects=1,
+                                 heal=lambda: sim.set_faults(**{fault: 0.0}))
     await leg.stream.finish(10)
     await leg.close()
 
@@ -145,13 +156,8 @@ async def test_streams_broken_while_writing_a_backlog_lose_no_chunk(sim: Simulat
     leg.stream.start()
     for c in chunks[:40]:  # a backlog: all of it is queued before the first stream opens
         leg.stream.send_chunk(c, 0.0)
-    healed = False
-    for c in chunks[40:]:
-        leg.stream.send_chunk(c, 0.0)
-        await asyncio.sleep(0.005)
-        if not healed and leg.value("spoofwatch_upstream_reconnects_total") >= 4:
-            sim.set_faults(unavailable_after_s=0.0)
-            healed = True
+    healed = await send_and_heal(leg, chunks[40:], pause_s=0.005, heal_after_reconnects=4,
+                                 heal=lambda: sim.set_faults(unavailable_after_s=0.0))
     await leg.stream.finish(10)
     await leg.close()
     assert healed and len(sim.streams) >= 4
@@ -257,13 +263,8 @@ async def test_stalled_stream_is_reopened(sim: SimulatorServer) -> None:
     chunks = marked(160)
     sim.set_faults(result_latency_ms=600_000)
     leg.stream.start()
-    healed = False
-    for c in chunks:
-        leg.stream.send_chunk(c, 0.0)
-        await asyncio.sleep(0.01)
-        if not healed and leg.value("spoofwatch_upstream_reconnects_total") >= 1:
-            sim.set_faults(result_latency_ms=0)
-            healed = True
+    healed = await send_and_heal(leg, chunks, pause_s=0.01, heal_after_reconnects=1,
+                                 heal=lambda: sim.set_faults(result_latency_ms=0))
     await leg.stream.finish(10)
     await leg.close()
 
