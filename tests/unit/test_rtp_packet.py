@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from daemon.ingest.rtp.codecmap import CodecMap, CodecMapError, parse_map, parse_rtpmap
+from daemon.audio.codecmap import CodecMap, CodecMapError, parse_map, parse_rtpmap
 from daemon.ingest.rtp.packet import (
     RTCP_BYE,
     RTCP_SR,

@@ -7,9 +7,9 @@
     GET    /v1/rtp/sessions          → 200 {"sessions": [...], "free_ports": N}
 
 Every request needs `Authorization: Bearer <token>`, the token read from `control_token_env`
-(environment or systemd credential). Without a token the API is not started (auto_calls still
-work) and the log says so. 400 bad JSON or codec map; 401 bad token; 409 duplicate call id;
-503 no free ports or admission refused (limits, shutting down).
+(environment or systemd credential). Without a token the API is not started and the log says so:
+then only `auto_calls` (off by default) can open RTP calls. 400 bad JSON or codec map; 401 bad
+token; 409 duplicate call id; 503 no free ports or admission refused (limits, shutting down).
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Any
 
 from aiohttp import web
 
+from daemon.audio.codecmap import CodecMapError, PayloadSpec, parse_map
 from daemon.calls.api import CallRefused
 from daemon.config import RtpIngestConfig, parse_hostport, read_secret
-from daemon.ingest.rtp.codecmap import CodecMapError, PayloadSpec, parse_map
 from daemon.ingest.rtp.server import RtpIngest
 from daemon.ops.metrics import Metrics
 
@@ -43,8 +43,9 @@ class RtpControlServer:
     async def start(self) -> int:
         self._token = read_secret(self.cfg.control_token_env)
         if not self._token:
-            log.warning("RTP control API not started: set %s (bearer token) to enable it; auto_calls=%s",
-                        self.cfg.control_token_env, self.cfg.auto_calls)
+            log.warning("RTP control API not started: set %s (bearer token) to enable it; auto_calls=%s%s",
+                        self.cfg.control_token_env, self.cfg.auto_calls,
+                        "" if self.cfg.auto_calls else " (so no RTP call can start)")
             return 0
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._auth])
         app.router.add_post("/v1/rtp/sessions", self._create)

@@ -1,18 +1,25 @@
 """Raw RTP ingest: UDP sockets over a port range, one leg per port.
 
 Identity: the destination port. Ports are handed out per call by the control API (control.py);
-with `auto_calls`, a packet on an unallocated port opens a call `rtp-<port>-<first SSRC>` (later
-SSRC changes on that port continue the same leg, as real senders switch SSRC mid-call). A leg ends
-on RTCP BYE, on DELETE through the control API, or after `inactivity_timeout_ms` without packets.
+with `auto_calls` (off by default: anyone who reaches the ports could open billed upstream
+streams), a packet on an unallocated port opens a call `rtp-<port>-<first SSRC>` (later SSRC
+changes on that port continue the same leg, as real senders switch SSRC mid-call). Each leg latches
+on to the (ip, port) of its first RTP packet: RTP from elsewhere is dropped and counted
+(`source_mismatch`), RTCP (on port+1 or muxed) is taken from the same host only. A leg ends on RTCP
+BYE, on DELETE through the control API, or after `inactivity_timeout_ms` without packets.
 
-Hot path: `datagram_received` parses and jitter-buffers synchronously (never awaits). G.711 packets
+Hot path: `receive_datagram` parses and jitter-buffers synchronously (never awaits). G.711 packets
 the jitter buffer releases go to their leg at once, undecoded: the leg's audio path holds them and
 resamples once per 250 ms chunk, so a chunk is cut when its last packet arrives. A single periodic
 tick every `batch_ms` starts playout of new streams, decodes other codecs by payload type in ~100 ms
-batches, fills timestamp gaps with silence, and ends idle legs. Per-leg backlog is bounded,
-so a flood on one port costs that port its excess packets and never starves another call.
-Sockets: SO_RCVBUF = recv_buffer_bytes; the datagram transport's recvfrom size is cut from
-256 KiB to `datagram_max_bytes` (CPython's selector transport allocates that much per packet).
+batches, fills timestamp gaps with silence (never ahead of the wall clock: gapfill.py), reports
+jitter-buffer drops, and ends idle legs. Per-leg backlog is bounded, so a flood on one port costs
+that port its excess packets and never starves another call; an exception in one leg ends that leg
+(logged once, counted as `leg_error`) and never the tick or another leg.
+Sockets (sockets.py): the free port pairs of the range are bound, taken ones are skipped and
+reported; SO_RCVBUF = recv_buffer_bytes, read back and logged; the datagram transport's recvfrom
+size is cut from 256 KiB to `datagram_max_bytes` (CPython's selector transport allocates that much
+per packet).
 """
 
 from __future__ import annotations
@@ -20,64 +27,26 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import socket
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from daemon.audio.codecs import DecodeError, Decoder, make_decoder
-from daemon.calls.api import CallAdmission, CallHandle, CallRefused, LegSink
+from daemon.audio.codecmap import CodecMap, PayloadSpec, parse_map
+from daemon.calls.api import CallAdmission, CallRefused
 from daemon.clock import Clock
 from daemon.config import RtpIngestConfig
-from daemon.ingest.rtp.codecmap import CodecMap, PayloadSpec, parse_map
-from daemon.ingest.rtp.jitter import JitterBuffer
+from daemon.ingest.rtp.leg import PortLeg, RtpCall, play_out
 from daemon.ingest.rtp.packet import RTCP_BYE, RtpError, RtpPacket, is_rtcp, parse_rtcp, parse_rtp
-from daemon.model import PCMU_8K, AudioFormat, CallInfo, Codec
+from daemon.ingest.rtp.sockets import bind_pairs, ephemeral_range, overlaps
+from daemon.model import CallInfo
 from daemon.ops.metrics import Metrics
 
 log = logging.getLogger("spoofwatch.ingest.rtp")
 INGEST = "rtp"
 MAX_BACKLOG_PACKETS = 500  # per leg between ticks (10 s of 20 ms packets): beyond it, a flood
-MAX_GAP_FILL_S = 2.0
-#: codecs whose payloads the leg's audio path takes undecoded (one byte per sample, stateless)
-_RAW_CODECS = frozenset({Codec.PCMU, Codec.PCMA})
 BYE_GRACE_S = 0.25  # media that a BYE overtook (separate sockets) still lands in its leg
-
-
-@dataclass
-class RtpCall:
-    call_id: str
-    handle: CallHandle
-    legs: dict[str, PortLeg] = field(default_factory=dict)
-    auto: bool = False
-
-
-@dataclass
-class PortLeg:
-    """One allocated port: the leg of a call it carries, and its receive state."""
-
-    port: int
-    call: RtpCall
-    name: str
-    codecs: CodecMap
-    window: int
-    jitter: JitterBuffer = field(init=False)
-    backlog: list[RtpPacket] = field(default_factory=list)
-    last_arrival: float = 0.0
-    sink: LegSink | None = None
-    sink_fmt: AudioFormat | None = None  # the format the sink's own audio path decodes
-    raw_pt: int | None = None  # the payload type handed to the sink undecoded (G.711 in sink_fmt)
-    decoders: dict[int, Decoder] = field(default_factory=dict)
-    expected_ts: int | None = None
-    last_ssrc: int | None = None
-    ended: bool = False
-    packets: int = 0
-    lost_reported: int = 0
-    bye_at: float | None = None
-
-    def __post_init__(self) -> None:
-        self.jitter = JitterBuffer(self.window)
+QUARANTINE_S = 5.0  # a port whose leg failed opens no auto call for this long
+#: drop reasons for JitterStats late, duplicates, probation, jumps (`lost` is its own metric: numbers
+#: that never arrived); see _report
+_JITTER_DROPS = ("late", "duplicate", "probation", "seq_jump")
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -87,7 +56,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.rtcp = rtcp
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.ingest.receive_datagram(self.port, data, self.rtcp)
+        self.ingest.receive_datagram(self.port, data, self.rtcp, addr)
 
     def error_received(self, exc: Exception) -> None:
         self.ingest.metrics.drops.labels(INGEST, "socket_error").inc()
@@ -104,37 +73,68 @@ class RtpIngest:
         self.calls: dict[str, RtpCall] = {}
         self.transports: list[asyncio.DatagramTransport] = []
         self.rtp_ports: list[int] = []
+        self.unavailable_ports: list[tuple[int, str]] = []
+        self.rcvbuf_bytes = 0
         self._accepting = True
         self._tick: asyncio.TimerHandle | None = None
         self._refused_until: dict[int, float] = {}
         self._frames_in = metrics.frames_in.labels(INGEST)  # resolved once: this is per datagram
+        self._source_mismatch = metrics.drops.labels(INGEST, "source_mismatch")
 
     # sockets -----------------------------------------------------------------------------------
     async def start(self) -> None:
+        cfg = self.cfg
+        bound = bind_pairs(cfg.listen_host, cfg.port_min, cfg.port_max, cfg.recv_buffer_bytes)
+        self.unavailable_ports = bound.unavailable
+        if not bound.pairs:
+            first = bound.unavailable[0] if bound.unavailable else (cfg.port_min, "empty range")
+            raise OSError(f"ingest.rtp: no port pair in {cfg.port_min}-{cfg.port_max} could be bound on "
+                          f"{cfg.listen_host} (first failure: port {first[0]}: {first[1]})")
         loop = asyncio.get_running_loop()
-        first = self.cfg.port_min + (self.cfg.port_min % 2)
-        for port in range(first, self.cfg.port_max, 2):
-            for p, rtcp in ((port, False), (port + 1, True)):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.cfg.recv_buffer_bytes)
-                try:
-                    sock.bind((self.cfg.listen_host, p))
-                except OSError:
-                    sock.close()
-                    await self.close()
-                    raise
-                sock.setblocking(False)
-                transport, _ = await loop.create_datagram_endpoint(functools.partial(_Endpoint, self, p, rtcp),
-                                                                   sock=sock)
-                if self.cfg.datagram_max_bytes:
-                    # CPython's _SelectorDatagramTransport reads with recvfrom(self.max_size); 256 KiB per
-                    # packet dominates the cost at tens of thousands of packets per second.
-                    transport.max_size = self.cfg.datagram_max_bytes  # type: ignore[attr-defined]
-                self.transports.append(transport)
-            self.rtp_ports.append(port)
+        try:
+            for port, rtp_sock, rtcp_sock in bound.pairs:
+                for p, sock, rtcp in ((port, rtp_sock, False), (port + 1, rtcp_sock, True)):
+                    transport, _ = await loop.create_datagram_endpoint(
+                        functools.partial(_Endpoint, self, p, rtcp), sock=sock)
+                    if cfg.datagram_max_bytes:
+                        # CPython's _SelectorDatagramTransport reads with recvfrom(self.max_size); 256 KiB per
+                        # packet dominates the cost at tens of thousands of packets per second.
+                        transport.max_size = cfg.datagram_max_bytes  # type: ignore[attr-defined]
+                    self.transports.append(transport)
+                self.rtp_ports.append(port)
+        except BaseException:
+            for _, a, b in bound.pairs:
+                a.close()
+                b.close()
+            await self.close()
+            raise
+        self.rcvbuf_bytes = bound.rcvbuf_bytes
+        self.metrics.rtp_ports_usable.set(len(self.rtp_ports))
+        self._log_start(bound.rcvbuf_reported)
         self._schedule_tick()
-        log.info("rtp ingest listening on %s ports %d-%d (%d legs)", self.cfg.listen_host, first,
-                 self.cfg.port_max, len(self.rtp_ports))
+
+    def _log_start(self, rcvbuf_reported: int) -> None:
+        cfg = self.cfg
+        total = len(self.rtp_ports) + len(self.unavailable_ports)
+        skipped = ""
+        if self.unavailable_ports:
+            shown = ", ".join(f"{p} ({why})" for p, why in self.unavailable_ports[:5])
+            more = len(self.unavailable_ports) - 5
+            skipped = f"; {len(self.unavailable_ports)} skipped, taken or refused: {shown}" + \
+                      (f" and {more} more" if more > 0 else "")
+        log.info("rtp ingest listening on %s: %d of %d port pairs usable in %d-%d%s; SO_RCVBUF %d bytes "
+                 "(getsockopt reads %d)", cfg.listen_host, len(self.rtp_ports), total, cfg.port_min,
+                 cfg.port_max, skipped, self.rcvbuf_bytes, rcvbuf_reported)
+        if self.rcvbuf_bytes < cfg.recv_buffer_bytes:
+            log.warning("rtp ingest: SO_RCVBUF is %d bytes, not the %d asked (recv_buffer_bytes): the kernel caps "
+                        "it at net.core.rmem_max, so bursts may be dropped by the kernel. Raise it with `sysctl -w "
+                        "net.core.rmem_max=%d` (and in /etc/sysctl.d/ to keep it)", self.rcvbuf_bytes,
+                        cfg.recv_buffer_bytes, cfg.recv_buffer_bytes)
+        eph = ephemeral_range()
+        if eph is not None and overlaps(eph, (cfg.port_min, cfg.port_max)):
+            log.warning("rtp ingest: ports %d-%d overlap the kernel's ephemeral range %d-%d "
+                        "(net.ipv4.ip_local_port_range): outgoing connections may take RTP ports at any time",
+                        cfg.port_min, cfg.port_max, *eph)
 
     def _schedule_tick(self) -> None:
         self._tick = asyncio.get_running_loop().call_later(self.cfg.batch_ms / 1000, self._on_tick)
@@ -146,9 +146,9 @@ class RtpIngest:
         if self._tick is not None:
             self._tick.cancel()
             self._tick = None
+        now = self.clock.monotonic()
         for leg in list(self.legs.values()):
-            self._flush_leg(leg, self.clock.monotonic())
-            self._end_leg(leg, "shutdown")
+            self._guarded(leg, now, self._finish_leg, "shutdown")
         for t in self.transports:
             t.close()
         self.transports.clear()
@@ -186,15 +186,14 @@ class RtpIngest:
             return False
         now = self.clock.monotonic()
         for leg in list(call.legs.values()):
-            self._flush_leg(leg, now)
-            self._end_leg(leg, reason)
+            self._guarded(leg, now, self._finish_leg, reason)
         return True
 
     # receive path (synchronous; never awaits) ----------------------------------------------------
-    def receive_datagram(self, port: int, data: bytes, rtcp_port: bool) -> None:
+    def receive_datagram(self, port: int, data: bytes, rtcp_port: bool, addr: Any) -> None:
         self._frames_in.inc()
         if rtcp_port or is_rtcp(data):
-            self._receive_rtcp(port - 1 if rtcp_port else port, data)
+            self._receive_rtcp(port - 1 if rtcp_port else port, data, addr)
             return
         try:
             pkt = parse_rtp(data)
@@ -207,6 +206,12 @@ class RtpIngest:
             leg = self._auto_call(port, pkt, now)
             if leg is None:
                 return
+        if leg.source != addr:
+            if leg.source is not None:
+                self._source_mismatch.inc()
+                return
+            leg.source = addr  # latched: the first sender owns the leg
+            leg.budget.begin(now)
         if leg.ended:
             self.metrics.drops.labels(INGEST, "leg_ended").inc()
             return
@@ -215,6 +220,12 @@ class RtpIngest:
         if len(leg.backlog) >= MAX_BACKLOG_PACKETS:
             self.metrics.drops.labels(INGEST, "flood").inc()
             return
+        try:
+            self._receive_packet(leg, pkt, now)
+        except Exception:
+            self._leg_failed(leg, now, "receive")
+
+    def _receive_packet(self, leg: PortLeg, pkt: RtpPacket, now: float) -> None:
         released = leg.jitter.push(pkt)
         if not released:
             return
@@ -227,12 +238,16 @@ class RtpIngest:
                         and first.timestamp == leg.expected_ts and first.payload and leg.sink is not None):
                     # the in-order common case: no gap, same stream, same codec
                     leg.sink.push(first.payload, now)
+                    leg.budget.media_s += len(first.payload) / leg.raw_rate
                     leg.expected_ts = (first.timestamp + len(first.payload)) & 0xFFFFFFFF
                     return
             leg.backlog.extend(released)
-            self._flush_leg(leg, now)
+            play_out(leg, now, self._drop)
             return
         leg.backlog.extend(released)
+
+    def _drop(self, reason: str) -> None:
+        self.metrics.drops.labels(INGEST, reason).inc()
 
     def _auto_call(self, port: int, pkt: RtpPacket, now: float) -> PortLeg | None:
         if not self.cfg.auto_calls or not self._accepting:
@@ -259,7 +274,7 @@ class RtpIngest:
         self.legs[port] = leg
         return leg
 
-    def _receive_rtcp(self, rtp_port: int, data: bytes) -> None:
+    def _receive_rtcp(self, rtp_port: int, data: bytes, addr: Any) -> None:
         try:
             packets = parse_rtcp(data)
         except RtpError as exc:
@@ -267,6 +282,9 @@ class RtpIngest:
             return
         leg = self.legs.get(rtp_port)
         if leg is None or leg.ended:
+            return
+        if leg.source is None or addr[0] != leg.source[0]:
+            self._source_mismatch.inc()  # RTCP only from the host whose RTP the leg latched on to
             return
         for p in packets:
             if p.packet_type == RTCP_BYE and leg.bye_at is None:
@@ -277,110 +295,88 @@ class RtpIngest:
     # tick: decode in batches, fill gaps, end idle legs --------------------------------------------
     def _on_tick(self) -> None:
         now = self.clock.monotonic()
-        idle_after = self.cfg.inactivity_timeout_ms / 1000
         try:
             for leg in list(self.legs.values()):
-                leg.backlog.extend(leg.jitter.start_playout())  # a new sub-stream waits at most one tick
-                if leg.backlog:
-                    self._flush_leg(leg, now)
-                bye = leg.bye_at is not None and now - leg.bye_at >= BYE_GRACE_S
-                if bye or now - leg.last_arrival >= idle_after:
-                    leg.backlog.extend(leg.jitter.flush())
-                    self._flush_leg(leg, now)
-                    self._end_leg(leg, "rtcp_bye" if bye else "inactivity")
+                self._guarded(leg, now, self._tick_leg)
             self._refused_until = {p: t for p, t in self._refused_until.items() if t > now}
-        except Exception:
-            log.exception("rtp tick failed")
         finally:
             if self._tick is not None:
                 self._schedule_tick()
 
-    def _flush_leg(self, leg: PortLeg, now: float) -> None:
-        lost = leg.jitter.stats.lost - leg.lost_reported
-        if lost:
-            self.metrics.rtp_packets_lost.inc(lost)
-            leg.lost_reported += lost
-        packets, leg.backlog = leg.backlog, []
-        if not packets or leg.ended:
+    def _tick_leg(self, leg: PortLeg, now: float) -> None:
+        leg.backlog.extend(leg.jitter.start_playout())  # a new sub-stream waits at most one tick
+        if leg.backlog:
+            play_out(leg, now, self._drop)
+        self._report(leg)
+        bye = leg.bye_at is not None and now - leg.bye_at >= BYE_GRACE_S
+        if bye or now - leg.last_arrival >= self.cfg.inactivity_timeout_ms / 1000:
+            self._finish_leg(leg, now, "rtcp_bye" if bye else "inactivity")
+
+    def _finish_leg(self, leg: PortLeg, now: float, reason: str) -> None:
+        """Play out what is buffered, then end the leg."""
+        leg.backlog.extend(leg.jitter.flush())
+        play_out(leg, now, self._drop)
+        self._report(leg)
+        self._end_leg(leg, reason)
+
+    def _guarded(self, leg: PortLeg, now: float, step: Any, *args: Any) -> None:
+        """Run one leg's step; an exception ends that leg only."""
+        try:
+            step(leg, now, *args)
+        except Exception:
+            self._leg_failed(leg, now, getattr(step, "__name__", "step"))
+
+    def _leg_failed(self, leg: PortLeg, now: float, where: str) -> None:
+        if leg.failed:
+            return  # logged and counted once per leg
+        leg.failed = True
+        self.metrics.drops.labels(INGEST, "leg_error").inc()
+        log.exception("rtp leg failed in %s; the leg ends, other legs go on", where,
+                      extra={"call_id": leg.call.call_id, "leg": leg.name, "port": leg.port})
+        self._refused_until[leg.port] = now + QUARANTINE_S  # no auto call on this port for a while
+        leg.backlog.clear()
+        try:
+            self._end_leg(leg, "error")
+        except Exception:
+            log.debug("ending the failed leg raised too", exc_info=True)
+
+    def _report(self, leg: PortLeg) -> None:
+        """Tell the metrics what the jitter buffer counted since the last report (every tick: cheap
+        when nothing changed)."""
+        stats = leg.jitter.stats
+        counts = (stats.lost, stats.late, stats.duplicates, stats.probation, stats.jumps)
+        seen = leg.reported
+        if counts == seen:
             return
-        rate = 0
-        parts: list[np.ndarray] = []
-
-        def push_parts() -> None:
-            nonlocal parts
-            if parts and leg.sink is not None:
-                leg.sink.push_pcm(np.concatenate(parts), rate, now)
-            parts = []
-
-        for pkt in packets:
-            spec = leg.codecs.get(pkt.payload_type)
-            if spec is None:
-                self.metrics.drops.labels(INGEST, "unknown_pt").inc()
-                continue
-            if not spec.is_audio:
-                self.metrics.drops.labels(INGEST, "not_audio").inc()  # telephone-event, CN: never audio
-                continue
-            if pkt.ssrc != leg.last_ssrc:
-                leg.last_ssrc = pkt.ssrc
-                leg.expected_ts = None  # new sub-stream: no gap fill across an SSRC change
-            if leg.sink is not None and spec.fmt == leg.sink_fmt and spec.fmt is not None \
-                    and spec.fmt.codec in _RAW_CODECS and pkt.payload:
-                # the sink's own path decodes this payload type: hand over the bytes (1 byte = 1 sample)
-                push_parts()
-                gap_s = self._gap_s(leg, pkt.timestamp, spec.clock_rate)
-                if gap_s:
-                    leg.sink.push_silence(gap_s, now)
-                leg.sink.push(pkt.payload, now)
-                leg.expected_ts = (pkt.timestamp + len(pkt.payload)) & 0xFFFFFFFF
-                continue
-            decoder = leg.decoders.get(pkt.payload_type)
-            if decoder is None:
-                assert spec.fmt is not None
-                decoder = leg.decoders[pkt.payload_type] = make_decoder(spec.fmt)
-            try:
-                samples = decoder.decode(pkt.payload)
-            except DecodeError:
-                self.metrics.drops.labels(INGEST, "decode_error").inc()
-                continue
-            if leg.sink is None:
-                leg.sink_fmt = spec.fmt or PCMU_8K
-                leg.sink = leg.call.handle.open_leg(leg.name, leg.sink_fmt)
-                if spec.fmt is not None and spec.fmt.codec in _RAW_CODECS:
-                    leg.raw_pt = pkt.payload_type
-            gap_s = self._gap_s(leg, pkt.timestamp, spec.clock_rate)
-            if gap_s:
-                push_parts()  # what came before the gap goes first
-                leg.sink.push_silence(gap_s, now)
-            if decoder.out_rate != rate:
-                push_parts()
-                rate = decoder.out_rate
-            parts.append(samples)
-            leg.expected_ts = (pkt.timestamp + round(len(samples) * spec.clock_rate / decoder.out_rate)) & 0xFFFFFFFF
-        push_parts()
-
-    @staticmethod
-    def _gap_s(leg: PortLeg, timestamp: int, clock_rate: int) -> float:
-        """Seconds of audio lost between the last packet and this one (an RTP timestamp jump), to be
-        filled with silence; 0 when none, or when the jump is a discontinuity rather than loss."""
-        if leg.expected_ts is None:
-            return 0.0
-        gap_units = (timestamp - leg.expected_ts) & 0xFFFFFFFF
-        if 0 < gap_units < 0x80000000:
-            gap_s = gap_units / clock_rate
-            if gap_s <= MAX_GAP_FILL_S:
-                return gap_s
-        return 0.0
+        if counts[0] != seen[0]:
+            self.metrics.rtp_packets_lost.inc(counts[0] - seen[0])
+        for i, reason in enumerate(_JITTER_DROPS, start=1):
+            if counts[i] != seen[i]:
+                self.metrics.drops.labels(INGEST, reason).inc(counts[i] - seen[i])
+        leg.reported = counts
 
     def _end_leg(self, leg: PortLeg, reason: str) -> None:
         if leg.ended:
             return
         leg.ended = True
-        if leg.sink is not None:
-            leg.sink.close()
-        self.legs.pop(leg.port, None)
+        if self.legs.get(leg.port) is leg:
+            del self.legs[leg.port]  # the port is free again even if what follows raises
         call = leg.call
-        if all(lg.ended for lg in call.legs.values()):
-            call.handle.end(reason)
+        call_over = all(lg.ended for lg in call.legs.values())
+        if call_over:
             self.calls.pop(call.call_id, None)
-            log.info("rtp call ended", extra={"call_id": call.call_id, "reason": reason,
-                                              "packets": sum(lg.packets for lg in call.legs.values())})
+        try:
+            if leg.sink is not None:
+                leg.sink.close()
+        finally:
+            if call_over:
+                self._end_call(call, reason)
+
+    @staticmethod
+    def _end_call(call: RtpCall, reason: str) -> None:
+        call.handle.end(reason)
+        budget = [lg.budget for lg in call.legs.values()]
+        log.info("rtp call ended", extra={"call_id": call.call_id, "reason": reason,
+                                          "packets": sum(lg.packets for lg in call.legs.values()),
+                                          "gap_fill_s": round(sum(b.filled_s for b in budget), 3),
+                                          "gap_fill_refused_s": round(sum(b.refused_s for b in budget), 3)})

@@ -1,6 +1,9 @@
 """RTP payload types → what they carry. Decoding goes by each *packet's* payload type (senders switch
 PT mid-call). Static types per RFC 3551; dynamic ones (96–127) come from the control API per
-session (an SDP's a=rtpmap lines) or from `[ingest.rtp] dynamic_payload_types`."""
+session (an SDP's a=rtpmap lines) or from `[ingest.rtp] dynamic_payload_types`.
+
+Lives with the audio code, not the RTP ingest, so that config validation (daemon/config.py) can
+parse a codec map without importing an ingest."""
 
 from __future__ import annotations
 
