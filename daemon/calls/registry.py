@@ -39,6 +39,8 @@ class CallRegistry:
         session = CallSession(info, self.ctx)
         self.calls[info.call_id] = session
         self.ctx.metrics.calls_active.labels(info.ingest).inc()
+        if self.ctx.live is not None:
+            self.ctx.live.call_started(info)
         self._idle.clear()
         self._tasks[info.call_id] = asyncio.get_running_loop().create_task(
             self._supervise(session), name=f"call:{info.call_id}"
@@ -77,6 +79,9 @@ class CallRegistry:
         finally:
             self.ctx.metrics.calls.labels(session.info.ingest, outcome).inc()
             self.ctx.metrics.calls_active.labels(session.info.ingest).dec()
+            if self.ctx.live is not None:
+                self.ctx.live.call_finished(call_id, outcome, analysed={name: leg.stream.analysed
+                                                                        for name, leg in session.legs.items()})
             self.calls.pop(call_id, None)
             self._tasks.pop(call_id, None)
             if not self.calls:
@@ -85,9 +90,6 @@ class CallRegistry:
     # shutdown ----------------------------------------------------------------------------------
     def stop_accepting(self) -> None:
         self._accepting = False
-
-    def resume_accepting(self) -> None:
-        self._accepting = True
 
     @property
     def accepting(self) -> bool:

@@ -10,6 +10,7 @@ by the registry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,11 +23,15 @@ from daemon.audio.path import LegAudioPath
 from daemon.clock import Clock
 from daemon.config import PolicyConfig
 from daemon.model import AlertType, AudioFormat, CallInfo, Codec, DeepfakeResult, LegRef
+from daemon.ops.live import LiveHub
 from daemon.ops.metrics import Metrics
 from daemon.policy.payloads import call_summary_data, spoof_detected_data
 from daemon.policy.verdict import AlertDecision, LegVerdictPolicy
 
 log = logging.getLogger("spoofwatch.calls")
+
+#: A leg stream's own finish bound exceeds the session's by this much, so the session's bound decides.
+_STREAM_GRACE_S = 1.0
 
 
 class UpstreamLeg(Protocol):
@@ -69,6 +74,8 @@ class CallContext:
     detector_host: str
     upstream_target: str
     final_results_timeout_s: float
+    #: the live operator page's hub (daemon.ops.live), fed synchronously; None: no page
+    live: LiveHub | None = None
 
 
 class LegPipeline:
@@ -84,6 +91,9 @@ class LegPipeline:
         self.stream = call.ctx.streams(self.ref, self._on_result)
         self.closed = False
         self.audio_s = 0.0
+        #: the stream ended (its last results read) within final_results_timeout_s of the call's end
+        self.final_results_received = False
+        self.released = False  # its stream closed and legs_active decremented, once
         self._ingest = call.info.ingest
         self._bytes_per_s = _bytes_per_second(fmt)
 
@@ -129,9 +139,13 @@ class LegPipeline:
         self.closed = True
         self._send(self._path.flush(), self._ctx.clock.monotonic())
         self._ctx.metrics.audio_in_seconds.labels(self._ingest).inc(self.audio_s)
+        if self._ctx.live is not None:
+            self._ctx.live.leg_closed(self.ref.call_id, self.ref.leg)
 
     # upstream → policy -------------------------------------------------------------------------
     def _on_result(self, result: DeepfakeResult) -> None:
+        if self._ctx.live is not None:
+            self._ctx.live.result(result)
         for decision in self.policy.observe(result):
             self.call.raise_alert(decision)
 
@@ -173,6 +187,8 @@ class CallSession:
         self.legs[leg] = pipeline
         pipeline.start()
         self.ctx.metrics.legs_active.labels(self._info.ingest).inc()
+        if self.ctx.live is not None:
+            self.ctx.live.leg_opened(self._info.call_id, leg, fmt.codec.value, fmt.sample_rate)
         log.info("leg opened", extra={"call_id": self._info.call_id, "leg": leg, "codec": fmt.codec.value,
                                       "rate": fmt.sample_rate})
         return pipeline
@@ -188,6 +204,8 @@ class CallSession:
         self.end_reason = reason
         for pipeline in self.legs.values():
             pipeline.close()
+        if self.ctx.live is not None:
+            self.ctx.live.call_ended(self._info.call_id, reason)
         self.ended.set()
 
     # alerts ------------------------------------------------------------------------------------
@@ -197,30 +215,69 @@ class CallSession:
         wall_decided = self.ctx.clock.wall() - max(0.0, self.ctx.clock.monotonic() - decision.result_received_at)
         self.ctx.alerts.emit(AlertType.SPOOF_DETECTED.value, data, decided_at=wall_decided)
         self.alerts_sent += 1
+        if self.ctx.live is not None:
+            self.ctx.live.alert_decided(decision)
         log.warning("spoofed voice detected", extra={"call_id": self._info.call_id, "leg": decision.leg.leg,
                                                      "posterior": decision.posterior, "reason": decision.reason,
                                                      "simulated": decision.simulated})
 
     async def finish(self) -> str:
-        """Wait for each leg's final results (bounded), emit the call summary; returns the outcome."""
-        await self.ended.wait()
-        timeout = self.ctx.final_results_timeout_s
-        for pipeline in self.legs.values():
-            try:
-                await pipeline.stream.finish(timeout)
-            except Exception:
-                log.exception("leg stream did not finish cleanly", extra={"call_id": self._info.call_id,
-                                                                          "leg": pipeline.ref.leg})
-            finally:
-                await pipeline.stream.aclose()
-                self.ctx.metrics.legs_active.labels(self._info.ingest).dec()
-        return self.emit_summary()
+        """Wait for every leg's final results at once (bounded by final_results_timeout_s overall), then
+        emit the call summary; returns the outcome. The summary ALWAYS goes out: also when this task is
+        cancelled (the registry cutting stragglers at shutdown), with what is known by then; legs whose
+        final results did not arrive say so (`final_results_received: false`)."""
+        try:
+            await self.ended.wait()
+            await self._await_final_results(self.ctx.final_results_timeout_s)
+        finally:
+            if self.ended_mono is None:
+                self.end("shutdown")  # cancelled before the call ended: close the legs, keep their tails
+            outcome = self.emit_summary()  # AlertSink.emit is synchronous: no cancel can cut it short
+            await self._release_legs()  # no-op unless cancelled before the legs were awaited
+        return outcome
 
-    async def abort(self) -> None:
-        """Shutdown straggler path: cut the legs' streams without waiting for results."""
-        self.end("shutdown")
+    async def _await_final_results(self, timeout: float) -> None:
+        """All legs in parallel. Each stream gets a little more than `timeout` of its own, so this bound
+        decides: a leg counts as complete only if its stream really ended (last results read) in time."""
+        loop = asyncio.get_running_loop()
+        waits = {loop.create_task(p.stream.finish(timeout + _STREAM_GRACE_S), name=f"finish:{p.ref}"): p
+                 for p in self.legs.values()}
+        try:
+            if not waits:
+                return
+            done, pending = await asyncio.wait(waits, timeout=timeout)
+            for task in done:
+                pipeline = waits[task]
+                exc = task.exception()
+                if exc is not None:
+                    log.error("leg stream did not finish cleanly", exc_info=exc,
+                              extra={"call_id": self._info.call_id, "leg": pipeline.ref.leg})
+                else:
+                    pipeline.final_results_received = True
+            if pending:
+                log.warning("no final results within %.1f s; the summary goes out without them", timeout,
+                            extra={"call_id": self._info.call_id, "legs": sorted(waits[t].ref.leg for t in pending)})
+        finally:
+            # cancel-and-await, also when this task itself is being cancelled
+            for task in waits:
+                task.cancel()
+            for task in waits:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            await self._release_legs()
+
+    async def _release_legs(self) -> None:
+        """Close every leg's upstream stream once (legs_active follows)."""
         for pipeline in self.legs.values():
-            await pipeline.stream.aclose()
+            if pipeline.released:
+                continue
+            pipeline.released = True
+            try:
+                await pipeline.stream.aclose()
+            except Exception:
+                log.exception("leg stream did not close cleanly",
+                              extra={"call_id": self._info.call_id, "leg": pipeline.ref.leg})
+            self.ctx.metrics.legs_active.labels(self._info.ingest).dec()
 
     def emit_summary(self) -> str:
         end = self.ended_mono if self.ended_mono is not None else self.ctx.clock.monotonic()
@@ -238,6 +295,8 @@ class CallSession:
         data = call_summary_data(self._info, summaries, duration_s=duration, started_at=self.started_wall,
                                  ended_at=self.started_wall + duration, end_reason=self.end_reason or "ended",
                                  dtmf=list(self.dtmf_digits))
+        for name, leg_data in data["legs"].items():
+            leg_data["final_results_received"] = self.legs[name].final_results_received
         self.ctx.alerts.emit(AlertType.SUMMARY.value, data, decided_at=None)
         if any(s.alerted for s in summaries.values()):
             outcome = "alerted"

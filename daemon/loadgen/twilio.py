@@ -6,6 +6,12 @@ Each call is one websocket speaking exactly what Twilio sends for `<Start><Strea
 message of the stream, `media.chunk` counting per track and `media.timestamp` in ms since the stream
 started, then `stop`. With both tracks the frames are interleaved on the one socket, as Twilio does.
 
+Every upgrade is signed like Twilio's: X-Twilio-Signature = base64(HMAC-SHA1(auth token, URL)), over
+the exact URL dialled (a `ws://` URL is signed as its `wss://` twin, the scheme Twilio always uses and
+the daemon rebuilds; `--signed-url` overrides it for a daemon behind a proxy with `public_base_url`).
+The token is `--auth-token`, else $TWILIO_AUTH_TOKEN, else the local development token that `make run`
+gives the daemon, so the two work together out of the box.
+
 In real time, frames go out on an absolute schedule per call (frame i is due at start + i·20 ms), so a
 late wake-up never accumulates into drift; how late each frame went out is measured and reported.
 One pacer timer serves every call and the sockets are websockets' sans-I/O protocol over plain
@@ -18,6 +24,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import secrets
 import sys
 import time
@@ -25,7 +32,8 @@ import wave
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from daemon.loadgen.wsclient import FRAME_MS, CallSocket, LoadResult, PacedCall, Pacer
+from daemon.ingest.twilio.signature import DEV_AUTH_TOKEN, SIGNATURE_HEADER, twilio_signature, url_as_twilio_signs
+from daemon.loadgen.wsclient import FRAME_MS, CallSocket, LoadResult, MediaFrames, PacedCall, Pacer
 
 if TYPE_CHECKING:
     import numpy as np
@@ -95,18 +103,25 @@ async def _one_call(
     url: str,
     tracks: dict[str, bytes],
     *,
+    frames: MediaFrames,
     delay_s: float,
     pacer: Pacer,
     params: dict[str, str] | None,
     result: LoadResult,
     close_timeout_s: float,
+    headers: dict[str, str] | None = None,
 ) -> None:
     from websockets.exceptions import InvalidStatus
     from websockets.uri import parse_uri
 
     call_sid = _sid("CA")
     result.call_sids.append(call_sid)
-    opening, ticks, stop = twilio_messages(tracks, call_sid=call_sid, stream_sid=_sid("MZ"), params=params)
+    stream_sid = _sid("MZ")
+    # media messages come ready from `frames` (prepared once per clip position); only the opening is per call
+    opening, _, _ = twilio_messages(dict.fromkeys(tracks, b""), call_sid=call_sid, stream_sid=stream_sid,
+                                    params=params)
+    stop = json.dumps({"event": "stop", "sequenceNumber": str(frames.next_seq), "streamSid": stream_sid,
+                       "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid}})
     if delay_s > 0:
         await asyncio.sleep(delay_s)
     loop = asyncio.get_running_loop()
@@ -114,10 +129,10 @@ async def _one_call(
     sock: CallSocket | None = None
     try:
         async with asyncio.timeout(10):
-            _, sock = await loop.create_connection(lambda: CallSocket(url), uri.host, uri.port)
+            _, sock = await loop.create_connection(lambda: CallSocket(url, headers), uri.host, uri.port)
             await sock.opened
         sock.send(opening)
-        call = PacedCall(sock, ticks, stop, due0=loop.time())
+        call = PacedCall(sock, frames, stream_sid.encode(), stop, due0=loop.time())
         pacer.add(call)
         assert call.done is not None
         # the daemon closes after `stop` (or earlier, refusing or failing the call)
@@ -132,8 +147,8 @@ async def _one_call(
         if sock.close_rcvd is not None and sock.close_rcvd[0] != 1000:
             code, reason = sock.close_rcvd
             result.errors.append(f"{call_sid}: closed by the daemon: {code} {reason}")
-        elif call.sent < len(ticks):
-            result.errors.append(f"{call_sid}: connection lost after {call.sent} of {len(ticks)} frames")
+        elif call.sent < frames.n:
+            result.errors.append(f"{call_sid}: connection lost after {call.sent} of {frames.n} frames")
         else:
             result.calls_ok += 1
     except InvalidStatus as exc:
@@ -155,11 +170,14 @@ async def run_twilio_calls(
     params: dict[str, str] | None = None,
     ramp_s: float = 0.0,
     timeout_s: float | None = None,
+    auth_token: str | None = None,
+    signed_url: str | None = None,
 ) -> LoadResult:
     """Play `calls` concurrent Twilio streams to `url`; each call carries the given 8 kHz int16 audio
     on its inbound and/or outbound track (at least one). Call k starts at k·ramp_s/calls. Never
     raises for a failed call: failures are in `LoadResult.errors`. Bounded by `timeout_s` (default:
-    clip length + ramp + 30 s)."""
+    clip length + ramp + 30 s). With `auth_token`, every upgrade carries X-Twilio-Signature over
+    `signed_url` (default: `url` as Twilio signs it, see `url_as_twilio_signs`); None: no signature."""
     from daemon.audio.codecs import encode_ulaw
 
     tracks: dict[str, bytes] = {}
@@ -172,12 +190,19 @@ async def run_twilio_calls(
     clip_s = max(len(b) for b in tracks.values()) / 8000
     if timeout_s is None:
         timeout_s = (clip_s if realtime else 0.0) + ramp_s + 30.0
+    headers: dict[str, str] = {}
+    if auth_token is not None:  # signed as Twilio signs: over the URL dialled, as wss://
+        headers[SIGNATURE_HEADER] = twilio_signature(auth_token, signed_url or url_as_twilio_signs(url))
     result = LoadResult(calls=calls)
+    names = [t for t in ("inbound", "outbound") if t in tracks]  # the order Twilio interleaves them in
+    frames = MediaFrames({t: _frames(tracks[t]) for t in names}, sid_len=len(_sid("MZ")))
     pacer = Pacer(result, realtime=realtime)
     started = time.monotonic()
     tasks = [
-        asyncio.create_task(_one_call(url, tracks, delay_s=k * ramp_s / calls if calls else 0.0, pacer=pacer,
-                                      params=params, result=result, close_timeout_s=5.0), name=f"loadgen-call-{k}")
+        asyncio.create_task(_one_call(url, tracks, frames=frames, delay_s=k * ramp_s / calls if calls else 0.0,
+                                      pacer=pacer, params=params, result=result, close_timeout_s=5.0,
+                                      headers=headers),
+                            name=f"loadgen-call-{k}")
         for k in range(calls)
     ]
     try:
@@ -238,6 +263,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--param", type=_param, action="append", default=[], metavar="K=V",
                    help="a <Parameter> passed in start.customParameters (repeatable)")
     p.add_argument("--fast", action="store_true", help="send as fast as possible instead of in real time")
+    p.add_argument("--auth-token", default=None,
+                   help="Twilio auth token the upgrade is signed with (X-Twilio-Signature); default: "
+                        f"$TWILIO_AUTH_TOKEN, else the local development token {DEV_AUTH_TOKEN!r} that `make run` "
+                        "gives the daemon")
+    p.add_argument("--signed-url", default=None,
+                   help="URL to sign instead of --url (ws:// is signed as wss://, as Twilio dials), e.g. the "
+                        "daemon's public_base_url + path when it sits behind a proxy")
+    p.add_argument("--no-signature", action="store_true", help="send no X-Twilio-Signature at all")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -253,7 +286,9 @@ def main(args: argparse.Namespace) -> int:
     inbound = clip if args.track in ("inbound", "both") else None
     outbound = (other if args.track == "both" else clip) if args.track in ("outbound", "both") else None
     params: dict[str, str] = dict(args.param)
+    token = None if args.no_signature else (args.auth_token or os.environ.get("TWILIO_AUTH_TOKEN") or DEV_AUTH_TOKEN)
     result = asyncio.run(run_twilio_calls(args.url, calls=args.calls, inbound_pcm8k=inbound, outbound_pcm8k=outbound,
-                                          realtime=not args.fast, params=params, ramp_s=args.ramp_s))
+                                          realtime=not args.fast, params=params, ramp_s=args.ramp_s,
+                                          auth_token=token, signed_url=args.signed_url))
     print(result.summary())
     return 0 if result.calls_ok == result.calls else 1

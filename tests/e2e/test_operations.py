@@ -4,6 +4,7 @@ refused and the old config kept), and admission control beyond max_calls."""
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 from pathlib import Path
 
@@ -23,6 +24,12 @@ def faint_marker_clip(path: Path) -> Path:
     return write_wav(path, np.tile(marker_mix(speech, rate, 0.16), 2), rate)
 
 
+def segment_results(metrics: str) -> float:
+    """Segment results the daemon has read (and its policy judged), over all labels."""
+    return sum(float(m.group(1)) for m in re.finditer(
+        r'^spoofwatch_results_total\{[^}]*level="segment"[^}]*\} ([0-9.e+]+)$', metrics, flags=re.M))
+
+
 async def test_sighup_changes_threshold_mid_call_and_bad_file_is_refused(tmp_path: Path) -> None:
     clip = faint_marker_clip(tmp_path / "faint.wav")
     async with receiver() as hook:
@@ -34,23 +41,30 @@ async def test_sighup_changes_threshold_mid_call_and_bad_file_is_refused(tmp_pat
         try:
             url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
             gen = await start_loadgen(url, "--calls", "1", "--clip", str(clip))
-            await asyncio.sleep(3.0)
             cfg.write_text(good_text.replace("spoofed_threshold = 1.0", "spoofed_treshold = 0.5"))
             daemon.proc.send_signal(signal.SIGHUP)
-            await asyncio.sleep(3.0)
-            assert hook.of_type("call.spoof_detected") == []  # threshold 1.0 still in force
+            await daemon.wait_logged(lambda msgs: any("reload refused" in m for m in msgs))
+            # three segments judged while the refused file was on disk: the strict threshold stayed in force
+            for _ in range(300):  # bounded poll: the 3rd segment result comes ~6 s into the call
+                metrics = await daemon.metrics()
+                if segment_results(metrics) >= 3:
+                    break
+                await asyncio.sleep(0.1)
+            assert segment_results(metrics) >= 3, metrics
+            assert 'spoofwatch_alerts_total{type="call.spoof_detected"}' not in metrics
             cfg.write_text(good_text.replace("spoofed_threshold = 1.0", "spoofed_threshold = 0.5"))
             daemon.proc.send_signal(signal.SIGHUP)
+            await daemon.wait_logged(lambda msgs: any("config reloaded" in m for m in msgs))
             assert await gen.wait() == 0
             await hook.wait_for(lambda: len(hook.of_type("call.summary")) == 1, timeout=30)
         finally:
             assert await daemon.stop() == 0
     msgs = daemon.messages()
     assert any("reload refused" in m and "spoofed_treshold" in m for m in msgs), msgs
-    assert any("config reloaded" in m for m in msgs)
     alerts = hook.of_type("call.spoof_detected")
     assert len(alerts) == 1 and alerts[0].body["data"]["threshold"] == 0.5
-    # decided after the reload (sent ~6 s in): the strict threshold kept the first segments from alerting
+    # decided after the reload: every result read before it (three segments of 2 s of voiced audio, so up
+    # to ≥ 6 s of call time, and any utterance ended by then) was judged under the strict threshold
     assert alerts[0].body["data"]["segment"]["end_s"] > 4.0
     leg = hook.of_type("call.summary")[0].body["data"]["legs"]["inbound"]
     assert leg["spoofed_segments"] >= 4 and leg["alerted"]

@@ -16,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from daemon.calls.api import CallRefused
-from daemon.clock import SystemClock
+from daemon.clock import Clock, FakeClock, SystemClock
 from daemon.config import TwilioIngestConfig
 from daemon.ingest.twilio.server import TwilioIngest
 from daemon.model import PCMU_8K, AudioFormat, CallInfo
@@ -32,11 +32,20 @@ class FakeSink:
     silence: list[float] = field(default_factory=list)
     closed: bool = False
     explode: bool = False
+    pushed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def push(self, payload: bytes, received_at: float) -> None:
         if self.explode:
             raise RuntimeError("boom")
         self.payloads.append(payload)
+        self.pushed.set()
+
+    async def wait_payloads(self, n: int) -> None:
+        """Until `n` payloads were pushed (bounded)."""
+        async with asyncio.timeout(WAIT):
+            while len(self.payloads) < n:
+                self.pushed.clear()
+                await self.pushed.wait()
 
     def push_pcm(self, samples: npt.NDArray[np.int16], rate: int, received_at: float) -> None:
         raise AssertionError("twilio pushes encoded μ-law")
@@ -56,6 +65,7 @@ class FakeCall:
         self.end_reason: str | None = None
         self.ended = asyncio.Event()
         self.explode = explode
+        self.leg_opened = asyncio.Event()
 
     @property
     def info(self) -> CallInfo:
@@ -63,7 +73,16 @@ class FakeCall:
 
     def open_leg(self, leg: str, fmt: AudioFormat) -> FakeSink:
         assert fmt == PCMU_8K
+        self.leg_opened.set()
         return self.legs.setdefault(leg, FakeSink(explode=self.explode))
+
+    async def leg(self, name: str) -> FakeSink:
+        """The leg, once opened (bounded wait)."""
+        async with asyncio.timeout(WAIT):
+            while name not in self.legs:
+                self.leg_opened.clear()
+                await self.leg_opened.wait()
+        return self.legs[name]
 
     def dtmf(self, leg: str, digit: str) -> None:
         self.dtmf_digits.append((leg, digit))
@@ -184,11 +203,12 @@ class Env:
 async def env_factory() -> AsyncIterator[Callable[..., Awaitable[Env]]]:
     made: list[TwilioIngest] = []
 
-    async def make(**cfg: Any) -> Env:
+    async def make(clock: Clock | None = None, **cfg: Any) -> Env:
+        cfg.setdefault("validate_signature", False)  # signed upgrades: tests/unit/test_twilio_signature.py
         config = TwilioIngestConfig(listen="127.0.0.1:0", **cfg)
         admission = FakeAdmission()
         metrics = Metrics()
-        ingest = TwilioIngest(config, admission, metrics, SystemClock())
+        ingest = TwilioIngest(config, admission, metrics, clock or SystemClock())
         port = await ingest.start()
         made.append(ingest)
         return Env(ingest, admission, metrics, f"ws://127.0.0.1:{port}{config.path}")
@@ -257,19 +277,27 @@ async def test_socket_close_without_stop_ends_call(env: Env) -> None:
     assert list(call.legs) == ["inbound"]
 
 
-async def test_timestamp_jump_fills_silence(env_factory: Callable[..., Awaitable[Env]]) -> None:
-    env = await env_factory(gap_fill_max_ms=1000)
+async def test_timestamp_jump_fills_silence_within_cap_and_wall_clock(
+        env_factory: Callable[..., Awaitable[Env]]) -> None:
+    clock = FakeClock()  # the ingest's clock: moved by hand between frames, each read once it was handled
+    env = await env_factory(clock=clock, gap_fill_max_ms=1000)
+    frame = frames(1, 1)[0]
     async with connect(env.url) as ws:
         c = TwilioClient(ws, "CAgap", "MZgap")
         await c.start()
-        await c.media("inbound", frames(1, 1)[0], ts=0)
-        await c.media("inbound", frames(1, 1)[0], ts=520)  # 500 ms lost
-        await c.media("inbound", frames(1, 1)[0], ts=3540)  # 3 s lost, 1 s filled
+        call = await env.admission.wait_call("CAgap")
+        for sent, (advance_s, ts) in enumerate([(0.0, 0), (0.52, 520), (3.02, 3540), (0.1, 5560)], start=1):
+            clock.advance(advance_s)
+            await c.media("inbound", frame, ts=ts)
+            # the ingest read the clock for this frame before pushing it: only now may the clock move on
+            await (await call.leg("inbound")).wait_payloads(sent)
         await c.stop()
         await c.closed_code()
-    call = env.admission.calls["CAgap"]
-    assert call.legs["inbound"].silence == pytest.approx([0.5, 1.0])
+    # 500 ms lost and 500 ms passed: filled whole; 3 s lost: the 1 s cap; 2 s of timestamps within
+    # 100 ms of wall clock: only the 80 ms that passed after the previous 20 ms frame
+    assert call.legs["inbound"].silence == pytest.approx([0.5, 1.0, 0.08])
     assert env.drops("gap_unfilled") == 1
+    assert env.drops("gap_beyond_wall_clock") == 1
 
 
 async def test_stacked_streams_of_one_call_get_distinct_ids(env: Env) -> None:

@@ -57,7 +57,18 @@ def test_silence_keeps_time() -> None:
     path = LegAudioPath(PCMU_8K)
     chunks = path.push(encode_ulaw(tone(8000, 0.5))) + path.push_silence(0.5) + path.flush()
     assert abs(total_bytes(chunks) / 2 - 16000) <= 4
-    assert path.push_silence(0.0) == [] or True
+
+
+def test_zero_or_negative_silence_adds_nothing() -> None:
+    ulaw = encode_ulaw(tone(8000, 0.6))
+    ref = LegAudioPath(PCMU_8K)
+    expected = ref.push(ulaw) + ref.flush()
+    path = LegAudioPath(PCMU_8K)
+    got = path.push(ulaw)
+    assert path.push_silence(0.0) == []
+    assert path.push_silence(-0.5) == []
+    got += path.flush()
+    assert got == expected  # the same bytes as without the calls: no sample added, nothing flushed early
 
 
 def test_flush_closes_and_bad_payload_does_not_break_the_path() -> None:

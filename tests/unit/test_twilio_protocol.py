@@ -113,14 +113,53 @@ def test_gap_when_timestamp_jumps() -> None:
     feed(p, media_msg(ts=0), now=0.0)
     # 20 ms frame ends at 20; the next starts at 520 → 500 ms lost
     events = feed(p, media_msg(chunk=2, ts=520), now=0.52)
-    assert events == [Gap("inbound", 0.5, 0.5), Media("inbound", 2, 520, FRAME)]
+    assert events == [Gap("inbound", 0.5, pytest.approx(0.5)), Media("inbound", 2, 520, FRAME)]
 
 
 def test_gap_fill_is_capped() -> None:
     p = started_parser(gap_fill_max_s=1.0)
     feed(p, media_msg(ts=0))
     gap = feed(p, media_msg(chunk=2, ts=5020), now=5.0)[0]
-    assert gap == Gap("inbound", 5.0, 1.0)
+    assert gap == Gap("inbound", 5.0, 1.0, "gap_unfilled")
+
+
+def test_gap_fill_never_exceeds_the_wall_clock_time_since_the_previous_media() -> None:
+    p = started_parser(gap_fill_max_s=2.0)
+    feed(p, media_msg(ts=0), now=100.0)
+    # 1 s of timestamps skipped, but only 100 ms passed: 100 ms less the previous 20 ms frame can be filled
+    gap = feed(p, media_msg(chunk=2, ts=1020), now=100.1)[0]
+    assert isinstance(gap, Gap) and gap.seconds == pytest.approx(1.0)
+    assert gap.fill_seconds == pytest.approx(0.08) and gap.unfilled_reason == "gap_beyond_wall_clock"
+    # a burst right after: no wall-clock time passed, nothing is filled
+    gap = feed(p, media_msg(chunk=3, ts=2040), now=100.1)[0]
+    assert gap == Gap("inbound", 1.0, 0.0, "gap_beyond_wall_clock")
+
+
+def test_timestamps_jumping_ahead_cannot_push_more_than_real_time_audio() -> None:
+    """A sender at real-time pace whose timestamps jump 1 s per frame: before, every frame brought 1 s of
+    silence (50x real time); now leg audio never exceeds the wall-clock time that passed."""
+    p = started_parser(gap_fill_max_s=2.0)
+    frames, audio_s, unfilled = 500, 0.0, 0
+    for i in range(frames):
+        now = 50.0 + i * 0.02
+        for ev in feed(p, media_msg(chunk=i + 1, ts=i * 1000), now=now):
+            if isinstance(ev, Gap):
+                audio_s += ev.fill_seconds
+                unfilled += ev.unfilled_reason == "gap_beyond_wall_clock"
+            elif isinstance(ev, Media):
+                audio_s += len(ev.payload) / 8000
+    wall_s = (frames - 1) * 0.02 + 0.02  # from the first frame's arrival to the end of the last frame
+    assert audio_s <= wall_s + 1e-6
+    assert unfilled == frames - 1
+
+
+def test_an_on_time_gap_is_filled_whole() -> None:
+    p = started_parser(gap_fill_max_s=2.0)
+    feed(p, media_msg(ts=0), now=7.0)
+    # 300 ms lost; the next frame arrives when it should (previous 20 ms + 300 ms later)
+    gap = feed(p, media_msg(chunk=2, ts=320), now=7.32)[0]
+    assert isinstance(gap, Gap) and gap.unfilled_reason == ""
+    assert gap.fill_seconds == pytest.approx(0.3)
 
 
 def test_gaps_are_per_track() -> None:

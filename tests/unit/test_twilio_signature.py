@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -10,7 +12,13 @@ from daemon.calls.api import CallRefused
 from daemon.clock import SystemClock
 from daemon.config import ConfigError, TwilioIngestConfig
 from daemon.ingest.twilio.server import TwilioIngest
-from daemon.ingest.twilio.signature import expected_url, signature_valid, twilio_signature
+from daemon.ingest.twilio.signature import (
+    DEV_AUTH_TOKEN,
+    expected_url,
+    signature_valid,
+    twilio_signature,
+    url_as_twilio_signs,
+)
 from daemon.model import CallInfo
 from daemon.ops.metrics import Metrics
 
@@ -62,8 +70,18 @@ class RefuseAll:
 
 
 def _cfg(**kw: object) -> TwilioIngestConfig:
-    return TwilioIngestConfig(listen="127.0.0.1:0", validate_signature=True, auth_token_env="TEST_TWILIO_TOKEN",
-                              **kw)  # type: ignore[arg-type]
+    # validate_signature is not given: it is on by default
+    return TwilioIngestConfig(listen="127.0.0.1:0", auth_token_env="TEST_TWILIO_TOKEN", **kw)  # type: ignore[arg-type]
+
+
+def test_signature_check_is_on_by_default() -> None:
+    assert TwilioIngestConfig().validate_signature is True
+
+
+def test_url_as_twilio_signs_keeps_everything_but_the_ws_scheme() -> None:
+    assert url_as_twilio_signs("ws://127.0.0.1:8080/twilio?x=1") == "wss://127.0.0.1:8080/twilio?x=1"
+    assert url_as_twilio_signs("WS://h/p") == "wss://h/p"
+    assert url_as_twilio_signs("wss://voice.example.com/twilio") == "wss://voice.example.com/twilio"
 
 
 def _drops(metrics: Metrics, reason: str) -> float:
@@ -74,8 +92,36 @@ async def test_missing_token_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.delenv("TEST_TWILIO_TOKEN", raising=False)
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     ingest = TwilioIngest(_cfg(), RefuseAll(), Metrics(), SystemClock())  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="TEST_TWILIO_TOKEN"):
+    with pytest.raises(ConfigError, match=r"validate_signature is true .* TEST_TWILIO_TOKEN is not set") as info:
         await ingest.start()
+    assert "make run" in str(info.value)
+    assert ingest.open_streams == 0
+
+
+async def test_dev_token_is_accepted_with_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TEST_TWILIO_TOKEN", DEV_AUTH_TOKEN)
+    ingest = TwilioIngest(_cfg(), RefuseAll(), Metrics(), SystemClock())  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="spoofwatch.ingest.twilio"):
+        port = await ingest.start()
+    try:
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING and "development token" in r.message]
+        assert len(warnings) == 1 and "TEST_TWILIO_TOKEN" in warnings[0].message
+        signed = twilio_signature(DEV_AUTH_TOKEN, f"wss://127.0.0.1:{port}/twilio")
+        async with connect(f"ws://127.0.0.1:{port}/twilio", additional_headers={"X-Twilio-Signature": signed}) as ws:
+            assert ws.protocol.state.name == "OPEN"
+    finally:
+        await ingest.close(timeout=5.0)
+
+
+async def test_own_token_gives_no_dev_warning(monkeypatch: pytest.MonkeyPatch,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("TEST_TWILIO_TOKEN", TOKEN)
+    ingest = TwilioIngest(_cfg(), RefuseAll(), Metrics(), SystemClock())  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING, logger="spoofwatch.ingest.twilio"):
+        await ingest.start()
+    await ingest.close(timeout=5.0)
+    assert not [r for r in caplog.records if "development token" in r.message]
 
 
 @pytest.mark.parametrize("public", ["", "wss://voice.example.com"])

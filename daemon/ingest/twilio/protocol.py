@@ -10,16 +10,10 @@ Wire format (twilio.com/docs/voice/media-streams/websocket-messages): JSON text 
 the stream started) and `sequenceNumber` arrive as decimal strings; `media.track` is `inbound` or
 `outbound` (`dtmf.track` says `inbound_track`: both spellings are accepted).
 
-Timing, per track:
-- `Gap(track, seconds, fill_seconds)` comes *before* the `Media` whose timestamp jumps more than
-  `GAP_TOLERANCE_MS` past the previous frame's end: Twilio lost that audio. The caller inserts
-  `fill_seconds` of silence (capped at `gap_fill_max_s`) so leg time stays aligned with call time;
-  the remainder is counted, not filled, so a long outage cannot make us push minutes of silence.
-- `Lag(track, seconds)` comes before a `Media` whose timestamp is continuous but which arrived
-  `seconds` later than the media time implies (beyond `lag_threshold_s`): our socket or network
-  stalled. Nothing was lost, so nothing is filled; it is only counted.
-- A timestamp that goes backwards is counted (`timestamp_backwards`) but the audio is kept: the
-  timestamps are advisory, the audio is not.
+Timing, per track (`daemon.ingest.twilio.timing`): a `Gap` comes before a `Media` whose timestamp
+jumps (Twilio lost audio: fill that much silence, within bounds), a `Lag` before one that arrived late
+with continuous timestamps (count it, fill nothing); a timestamp going backwards is counted
+(`timestamp_backwards`) but the audio is kept: the timestamps are advisory, the audio is not.
 
 Problems. Every `Problem.reason` is a short label for `drops{ingest="twilio",reason=...}`.
 Non-fatal ones drop the offending message (or, where noted, only count it) and the stream goes on;
@@ -41,18 +35,15 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
-Track = Literal["inbound", "outbound"]
+from daemon.ingest.twilio.timing import MULAW_RATE, Backwards, MediaTiming
+from daemon.ingest.twilio.timing import Gap as Gap  # the timing events are parser events too
+from daemon.ingest.twilio.timing import Lag as Lag
+from daemon.ingest.twilio.timing import Track as Track
 
 #: The one media format Twilio (and SignalWire by default) sends.
 MULAW_ENCODING = "audio/x-mulaw"
-MULAW_RATE = 8000
-#: μ-law at 8 kHz: one byte per sample, so 8 bytes per millisecond.
-_BYTES_PER_MS = MULAW_RATE // 1000
-
-#: Timestamps are whole milliseconds; frames are 20 ms. Anything within half a frame is "continuous".
-GAP_TOLERANCE_MS = 10
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
 
 _TRACK_NAMES: dict[str, Track] = {
@@ -95,23 +86,6 @@ class Media:
 
 
 @dataclass(frozen=True, slots=True)
-class Gap:
-    """Twilio lost `seconds` of this track; insert `fill_seconds` (≤ the cap) of silence."""
-
-    track: Track
-    seconds: float
-    fill_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class Lag:
-    """Media arrived `seconds` late while its timestamps were continuous: count it, fill nothing."""
-
-    track: Track
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
 class Dtmf:
     track: Track
     digit: str
@@ -135,13 +109,6 @@ class Problem:
 
 
 TwilioEvent = Connected | Started | Media | Gap | Lag | Dtmf | Mark | Stopped | Problem
-
-
-@dataclass(slots=True)
-class _TrackState:
-    next_ts_ms: int  # where the next frame should start (previous timestamp + its duration)
-    last_ts_ms: int
-    last_arrival: float
 
 
 class _Bad(Exception):
@@ -171,7 +138,7 @@ class TwilioStreamParser:
         self.started: Started | None = None
         self.stopped = False
         self.failed = False  # a fatal problem was returned; nothing more is parsed
-        self._tracks: dict[Track, _TrackState] = {}
+        self._timing = MediaTiming(gap_fill_max_s=gap_fill_max_s, lag_threshold_s=lag_threshold_s)
         self._problems_before_start = 0
 
     # public ------------------------------------------------------------------------------------
@@ -292,27 +259,12 @@ class TwilioStreamParser:
             raise _Bad("empty_payload", "media.payload decodes to nothing")
 
         media_event = Media(track, chunk, ts, payload)
-        state = self._tracks.get(track)
-        if state is None:
-            self._tracks[track] = _TrackState(next_ts_ms=ts + round(len(payload) / _BYTES_PER_MS), last_ts_ms=ts,
-                                              last_arrival=now)
+        timing = self._timing.observe(track, ts, len(payload), now)
+        if timing is None:
             return [media_event]
-        out: list[TwilioEvent] = []
-        jump_ms = ts - state.next_ts_ms
-        if jump_ms > GAP_TOLERANCE_MS:
-            lost = jump_ms / 1000
-            out.append(Gap(track, lost, min(lost, self.gap_fill_max_s)))
-        elif ts < state.last_ts_ms:
-            out.append(Problem("timestamp_backwards", False, f"{track} {state.last_ts_ms} → {ts}"))
-        else:
-            late = (now - state.last_arrival) - (ts - state.last_ts_ms) / 1000
-            if late > self.lag_threshold_s:
-                out.append(Lag(track, late))
-        state.next_ts_ms = ts + round(len(payload) / _BYTES_PER_MS)
-        state.last_ts_ms = ts
-        state.last_arrival = now
-        out.append(media_event)
-        return out
+        if isinstance(timing, Backwards):
+            return [Problem("timestamp_backwards", False, f"{track} {timing.last_ts_ms} → {ts}"), media_event]
+        return [timing, media_event]
 
     def _dtmf(self, msg: dict[str, Any]) -> list[TwilioEvent]:
         self._check_stream(msg, "dtmf")

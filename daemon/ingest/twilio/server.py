@@ -1,6 +1,6 @@
 """Twilio Media Streams websocket server: the thin I/O shell around `TwilioStreamParser`.
 
-Per connection: upgrade (path, capacity and optional X-Twilio-Signature checked in the handshake)
+Per connection: upgrade (path, capacity and X-Twilio-Signature, unless turned off, checked in the handshake)
 → messages parsed → on `start` the call is admitted → each track is its own leg ("inbound",
 "outbound", PCMU 8 kHz), opened at its first media, never mixed → `stop` or socket close ends the
 call. We are a listen-only fork: nothing is ever sent to Twilio.
@@ -49,7 +49,7 @@ from daemon.ingest.twilio.protocol import (
     TwilioEvent,
     TwilioStreamParser,
 )
-from daemon.ingest.twilio.signature import SIGNATURE_HEADER, expected_url, signature_valid
+from daemon.ingest.twilio.signature import DEV_AUTH_TOKEN, SIGNATURE_HEADER, expected_url, signature_valid
 from daemon.model import PCMU_8K, CallInfo
 from daemon.ops.metrics import Metrics
 
@@ -95,8 +95,11 @@ class TwilioIngest:
         clock: Clock,
         *,
         start_timeout_s: float = START_TIMEOUT_S,
+        reuse_port: bool = False,
     ) -> None:
         self.cfg = cfg
+        #: SO_REUSEPORT: the workers of one host share the listener and the kernel spreads connections
+        self.reuse_port = reuse_port
         self.admission = admission
         self.metrics = metrics
         self.clock = clock
@@ -117,9 +120,15 @@ class TwilioIngest:
             self._token = read_secret(self.cfg.auth_token_env)
             if not self._token:
                 raise ConfigError(
-                    f"ingest.twilio.validate_signature is true but {self.cfg.auth_token_env} is not set "
-                    "(the Twilio auth token: environment variable or systemd credential)"
+                    f"ingest.twilio.validate_signature is true (the default) but {self.cfg.auth_token_env} is "
+                    "not set: give the daemon your Twilio auth token (environment variable or systemd "
+                    f"credential {self.cfg.auth_token_env}); `make run` sets the local development token "
+                    f"{DEV_AUTH_TOKEN!r}, which `spoofwatch loadgen twilio` signs with by default"
                 )
+            if self._token == DEV_AUTH_TOKEN:
+                log.warning("Twilio signatures are checked against the PUBLIC local development token (the "
+                            "one `make run` sets): anyone can sign with it. Set %s to your Twilio auth token "
+                            "before exposing %s", self.cfg.auth_token_env, self.cfg.path)
         host, port = parse_hostport(self.cfg.listen)
         self._server = await serve(
             self._handle_connection,
@@ -130,6 +139,7 @@ class TwilioIngest:
             # Twilio sends small JSON frames; a compression context per socket would cost memory per call.
             compression=None,
             server_header=None,
+            reuse_port=self.reuse_port,
         )
         sock: socket.socket = self._server.sockets[0]
         bound: int = sock.getsockname()[1]
@@ -248,9 +258,10 @@ class TwilioIngest:
             sink = self._leg(stream, event.track)
             if sink is not None and event.fill_seconds > 0:
                 sink.push_silence(event.fill_seconds, now)  # the sink counts gap_fill_seconds
-            if event.seconds > event.fill_seconds:
-                self.metrics.drops.labels(INGEST, "gap_unfilled").inc()
-            log.debug("twilio lost %.3f s on %s", event.seconds, event.track, extra={"call_id": stream.call_id})
+            if event.unfilled_reason:
+                self.metrics.drops.labels(INGEST, event.unfilled_reason).inc()
+            log.debug("twilio lost %.3f s on %s, %.3f s filled", event.seconds, event.track, event.fill_seconds,
+                      extra={"call_id": stream.call_id})
         elif isinstance(event, Lag):
             self.metrics.ingest_lag_seconds.labels(INGEST).inc(event.seconds)
         elif isinstance(event, Dtmf):

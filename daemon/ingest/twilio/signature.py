@@ -15,6 +15,10 @@ import hmac
 
 SIGNATURE_HEADER = "X-Twilio-Signature"
 
+#: The auth token `make run` gives the daemon and `spoofwatch loadgen twilio` signs with by default, so the
+#: two work together on a developer's machine. It is public: the daemon warns loudly while it is in use.
+DEV_AUTH_TOKEN = "local-dev-twilio-token"
+
 
 def twilio_signature(auth_token: str, url: str) -> str:
     digest = hmac.new(auth_token.encode(), url.encode(), hashlib.sha1).digest()
@@ -28,6 +32,17 @@ def expected_url(public_base_url: str, host_header: str | None, path: str) -> st
     if public_base_url:
         return public_base_url.rstrip("/") + path
     return f"wss://{host_header or ''}{path}"
+
+
+def url_as_twilio_signs(dial_url: str) -> str:
+    """The URL a client dialling `dial_url` signs, as Twilio would: Twilio only ever dials (and signs)
+    `wss://`, and a daemon reached without TLS rebuilds the `wss://` URL from its Host header
+    (`expected_url`), so a `ws://` URL is signed as its `wss://` twin; host, port, path and query stay
+    exactly as dialled."""
+    scheme, sep, rest = dial_url.partition("://")
+    if sep and scheme.lower() == "ws":
+        return "wss://" + rest
+    return dial_url
 
 
 def _with_default_port(url: str) -> str | None:
