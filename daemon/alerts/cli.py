@@ -46,9 +46,10 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from daemon.alerts.outbox import Outbox
+    from daemon.alerts.redact import redact_url
     from daemon.clock import SystemClock
     from daemon.config import ConfigError, load_config
-    from daemon.policy.payloads import iso
+    from daemon.timefmt import iso
 
     try:
         cfg = load_config(args.config)
@@ -67,6 +68,7 @@ def main(args: argparse.Namespace) -> int:
         if args.outbox_command == "list":
             rows = outbox.list_deliveries(args.state, max(1, args.limit))
             for r in rows:
+                r["url"] = redact_url(r["url"]) if r["url"] else r["url"]  # webhook URLs often carry a token
                 if args.json:
                     print(json.dumps(r))
                 else:

@@ -6,7 +6,7 @@ disabled; a crash at any moment leaves them pending and they are sent after the 
 (at-least-once; receivers dedupe on webhook-id = event id).
 
 The daemon never calls it from the event loop: `WebhookSender` runs every call on the
-`OutboxWorker` thread, in group commits, so fsyncs (~0.3 ms idle, far more on a busy disk) and
+`OutboxWorker` thread (daemon.alerts.worker), in group commits, so fsyncs (~0.3 ms idle, far more on a busy disk) and
 queries never stall audio (a burst of 300 alerts and summaries measured up to ~1 s of chunk-latency
 tail when commits ran on the loop, and still ~60 ms with one fsync per event on a thread).
 Every method takes one lock, so the CLI, tests and that thread may share an Outbox safely.
@@ -19,19 +19,18 @@ import functools
 import hashlib
 import json
 import os
-import queue
 import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from daemon.alerts.redact import redact_url
 from daemon.clock import Clock
 from daemon.config import WebhookConfig
-from daemon.policy.payloads import iso
+from daemon.timefmt import iso
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -105,14 +104,18 @@ class Delivery:
 
 
 class Outbox:
-    def __init__(self, path: str | os.PathLike[str], clock: Clock, *, synchronous: str = "full") -> None:
+    def __init__(self, path: str | os.PathLike[str], clock: Clock, *, synchronous: str = "full",
+                 busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
         self.clock = clock
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         # used from the sender's thread and the loop's (admin, shutdown): `_lock` serialises them
-        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=10.0, check_same_thread=False)
+        # busy_timeout_s: how long a write waits for another process's lock (e.g. `outbox purge`) before
+        # it fails; the daemon then retries it later (held events, delivery marks) instead of losing it
+        self._db = sqlite3.connect(str(self.path), isolation_level=None, timeout=busy_timeout_s,
+                                   check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         if synchronous not in ("full", "normal"):
             raise ValueError(f"synchronous must be full or normal, not {synchronous!r}")
@@ -135,18 +138,21 @@ class Outbox:
 
     @_locked
     def add_encoded(self, event_type: str, body: bytes, *, endpoints: Sequence[Endpoint], occurred_at: float,
-                    decided_at: float | None = None) -> str:
-        """`add` for a body made by `encode_event` (e.g. on another thread, before the data can change)."""
-        event_id = new_event_id(occurred_at)
+                    decided_at: float | None = None, event_id: str | None = None) -> str:
+        """`add` for a body made by `encode_event` (e.g. on another thread, before the data can change).
+        With `event_id` (chosen when the event occurred) a retried commit keeps the event's identity, and
+        committing the same id twice is harmless."""
+        event_id = event_id or new_event_id(occurred_at)
         # due from when it occurred: this may run on the outbox thread after a caller already asked
         # for what is due "now" (e.g. the shutdown flush right after a call's summary)
         now = min(self.clock.wall(), occurred_at)
         with self._tx():
-            self._db.execute("INSERT INTO events (id, type, created_at, decided_at, body) VALUES (?, ?, ?, ?, ?)",
+            self._db.execute("INSERT OR IGNORE INTO events (id, type, created_at, decided_at, body) "
+                             "VALUES (?, ?, ?, ?, ?)",
                              (event_id, event_type, occurred_at, decided_at, body))
             for ep in endpoints:
                 if ep.accepts(event_type):
-                    self._db.execute("INSERT INTO deliveries (event_id, endpoint, state, next_attempt_at) "
+                    self._db.execute("INSERT OR IGNORE INTO deliveries (event_id, endpoint, state, next_attempt_at) "
                                      "VALUES (?, ?, 'pending', ?)", (event_id, ep.key, now))
         return event_id
 
@@ -279,7 +285,8 @@ class Outbox:
             "SELECT p.key, p.url, p.disabled_reason, "
             "SUM(d.state = 'pending'), SUM(d.state = 'dead'), MAX(CASE WHEN d.state = 'pending' THEN d.last_status END)"
             " FROM endpoints p LEFT JOIN deliveries d ON d.endpoint = p.key GROUP BY p.key").fetchall()
-        return [{"endpoint": k, "url": u, "disabled": r, "pending": p or 0, "dead": dd or 0,
+        # for display (/healthz is unauthenticated): the URL without its query or userinfo
+        return [{"endpoint": k, "url": redact_url(u), "disabled": r, "pending": p or 0, "dead": dd or 0,
                  "failing": bool(p) and last is not None} for k, u, r, p, dd, last in rows]
 
 
@@ -304,78 +311,7 @@ class _Tx:
             self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
-@dataclass
-class _Job:
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    future: Future[Any]
+# the worker lives in its own module (daemon.alerts.worker); imported here too, as it always was
+from daemon.alerts.worker import OutboxWorker  # noqa: E402
 
-
-class OutboxWorker:
-    """The one thread that runs outbox calls, in group commits.
-
-    Each call is queued; the thread takes everything queued (up to `max_group`) and runs it in one
-    transaction, so a burst of alerts, summaries and delivery marks costs one fsync, not one each
-    (per-event fsyncs measured as the whole chunk-latency tail at 300 calls, even off the loop).
-    A call's future resolves only after its group is committed: nothing is sent before it is durable.
-    Mirrors `concurrent.futures.Executor.submit`; after `shutdown()` it raises RuntimeError."""
-
-    def __init__(self, outbox: Outbox, *, max_group: int = 256) -> None:
-        self.outbox = outbox
-        self.max_group = max_group
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._closed = False
-        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[..., _R], /, *args: Any, **kwargs: Any) -> Future[_R]:
-        if self._closed:
-            raise RuntimeError("outbox worker is shut down")
-        future: Future[_R] = Future()
-        self._jobs.put(_Job(fn, args, kwargs, future))
-        return future
-
-    def shutdown(self) -> None:
-        """Run what is queued, then stop the thread (blocks until it has)."""
-        if not self._closed:
-            self._closed = True
-            self._jobs.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        stop = False
-        while not stop:
-            first = self._jobs.get()
-            if first is None:
-                return
-            jobs = [first]
-            while len(jobs) < self.max_group:
-                try:
-                    job = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if job is None:
-                    stop = True
-                    break
-                jobs.append(job)
-            self._run_group([j for j in jobs if j.future.set_running_or_notify_cancel()])
-
-    def _run_group(self, jobs: list[_Job]) -> None:
-        outcomes: list[tuple[bool, Any]] = []
-        try:
-            with self.outbox.group():
-                for job in jobs:
-                    try:
-                        outcomes.append((True, job.fn(*job.args, **job.kwargs)))
-                    except Exception as exc:  # this call's failure is its own; the group goes on
-                        outcomes.append((False, exc))
-        except Exception as exc:  # the commit failed: nothing of this group is durable
-            for job in jobs:
-                job.future.set_exception(exc)
-            return
-        for job, (ok, value) in zip(jobs, outcomes, strict=True):
-            if ok:
-                job.future.set_result(value)
-            else:
-                job.future.set_exception(value)
+__all__ = ["STATES", "Delivery", "Endpoint", "Outbox", "OutboxWorker", "encode_event", "new_event_id"]

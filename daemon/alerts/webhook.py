@@ -3,6 +3,11 @@
 Success is 2xx only; a 3xx is a failure (redirects are not followed); 410 Gone disables the
 endpoint; 429, 5xx, timeouts and connection errors are retried on the schedule, honouring
 Retry-After; after `max_attempts` a delivery is dead-lettered (visible in metrics, replayable).
+
+Outbox faults do not turn into resends: when an attempt's outcome cannot be recorded (the file is
+locked by another process, the disk is full), the outcome is kept in memory and recorded again with
+backoff, and the delivery is not sent again meanwhile. Events whose commit fails are held and
+retried by the `EventCommitter` (daemon.alerts.commit). URLs are shown redacted (redact_url).
 """
 
 from __future__ import annotations
@@ -12,18 +17,22 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from typing import Any, TypeVar
 
 import aiohttp
 
 from daemon import __version__
-from daemon.alerts.outbox import STATES, Delivery, Endpoint, Outbox, OutboxWorker, encode_event
+from daemon.alerts.commit import EventCommitter, OnCommitted
+from daemon.alerts.outbox import STATES, Delivery, Endpoint, Outbox
+from daemon.alerts.redact import redact_text, redact_url
 from daemon.alerts.schedule import RetrySchedule, parse_retry_after
 from daemon.alerts.signing import SecretError, parse_secrets, sign
+from daemon.alerts.unrecorded import UnrecordedOutcomes
+from daemon.alerts.worker import OutboxWorker
 from daemon.clock import Clock
 from daemon.config import read_secret
 from daemon.ops.metrics import Metrics, exemplar
+from daemon.ops.supervise import Backoff
 
 log = logging.getLogger("spoofwatch.webhook")
 USER_AGENT = f"spoofwatch/{__version__}"
@@ -34,13 +43,16 @@ REFRESH_S = 1.0
 IDLE_REFRESH_S = 10.0
 #: due deliveries read (and dispatched) per query
 DUE_PAGE = 200
+#: a failed purge (hourly) is tried again after this long
+PURGE_RETRY_S = 60.0
 _T = TypeVar("_T")
 
 
 class WebhookSender:
     def __init__(self, outbox: Outbox, endpoints: Sequence[Endpoint], *, metrics: Metrics, clock: Clock,
                  schedule: RetrySchedule | None = None, secrets: Callable[[str], str | None] = read_secret,
-                 max_in_flight: int = 8, max_attempts: int = 12, retention_s: float = 7 * 86400.0) -> None:
+                 max_in_flight: int = 8, max_attempts: int = 12, retention_s: float = 7 * 86400.0,
+                 write_backoff: Backoff | None = None, held_capacity: int = 10_000) -> None:
         self.outbox = outbox
         self.metrics = metrics
         self.clock = clock
@@ -65,62 +77,87 @@ class WebhookSender:
         self._refreshed_at = -1e9
         self._refresh_timer: asyncio.TimerHandle | None = None
         self._page_full = False
-        self.update_endpoints(endpoints)
+        #: observer of each attempt's outcome (the live page): (event id, endpoint key, state, attempts, error)
+        #: with state delivered | failing (retry scheduled) | dead | disabled; called on the loop, must not raise
+        self.on_delivery: Callable[[str, str, str, int, str], None] | None = None
+        #: attempts made whose outcome the outbox did not take yet: recorded again with backoff, never resent
+        self._unrecorded = UnrecordedOutcomes(clock=clock, metrics=metrics, backoff=write_backoff)
+        #: endpoints to (re)register in the outbox (startup, SIGHUP; again after a failed write)
+        self._register: list[Endpoint] | None = None
+        self.committer = EventCommitter(self._io, outbox, metrics=metrics, capacity=held_capacity,
+                                        on_durable=self._after_commit)
+        self._set_endpoints(endpoints)
 
     # configuration -----------------------------------------------------------------------------
-    def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
-        """Startup and SIGHUP. An endpoint whose secret is missing or malformed is skipped, loudly:
-        its events stay pending until the secret is fixed."""
+    def _set_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """An endpoint whose secret is missing or malformed is skipped, loudly: its events stay pending
+        until the secret is fixed. The outbox learns the endpoints on the outbox thread (`run`)."""
         usable: dict[str, Endpoint] = {}
         keys: dict[str, list[bytes]] = {}
         for ep in endpoints:
             value = self._secrets(ep.secret_env)
             if not value:
                 log.error("webhook %s: environment variable %s (its whsec_ secret) is not set; events are kept "
-                          "in the outbox until it is", ep.url, ep.secret_env)
+                          "in the outbox until it is", redact_url(ep.url), ep.secret_env)
                 continue
             try:
                 keys[ep.key] = parse_secrets(value)
             except SecretError as exc:
-                log.error("webhook %s: %s (%s)", ep.url, exc, ep.secret_env)
+                log.error("webhook %s: %s (%s)", redact_url(ep.url), exc, ep.secret_env)
                 continue
             usable[ep.key] = ep
-        # startup and SIGHUP only: waiting here on the outbox thread is brief and keeps the order
-        self._io.submit(self.outbox.register_endpoints, list(endpoints)).result()
         self._endpoints, self._keys = usable, keys
         for ep in endpoints:
             self.metrics.endpoint_disabled.labels(ep.key).set(0)
-        self._apply_snapshot(self._io.submit(self._read_snapshot).result())
+        self._register = list(endpoints)
+        self._stale = True
+        self._refreshed_at = -1e9  # the disabled set is read again before the next dispatch
         self.wake()
+
+    async def update_endpoints(self, endpoints: Sequence[Endpoint]) -> None:
+        """SIGHUP: new endpoints and secrets. Waits for the outbox thread without blocking the loop; if
+        the outbox cannot take the endpoints now, the run loop registers them later."""
+        self._set_endpoints(endpoints)
+        with contextlib.suppress(Exception):  # logged and retried by `_register_endpoints`
+            await self._register_endpoints()
+        with contextlib.suppress(Exception):  # reads: the run loop refreshes again
+            await self.refresh()
+
+    async def _register_endpoints(self) -> None:
+        todo = self._register
+        if todo is None:
+            return
+        try:
+            await self._db(self.outbox.register_endpoints, todo)
+        except Exception as exc:
+            self.metrics.outbox_write_errors.labels("register").inc()
+            log.warning("could not register webhook endpoints in the outbox (%s): trying again", exc)
+            raise
+        if self._register is todo:
+            self._register = None
 
     def wake(self) -> None:
         self._wake.set()
 
     async def _db(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """A write on the outbox thread (in a group commit), awaited without blocking the loop."""
         return await asyncio.wrap_future(self._io.submit(fn, *args))
 
+    async def _read(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """A read on the outbox thread: no write lock, so it goes on while another process writes."""
+        return await asyncio.wrap_future(self._io.submit_read(fn, *args))
+
     def emit(self, event_type: str, data: Mapping[str, Any], *, endpoints: Sequence[Endpoint], occurred_at: float,
-             decided_at: float | None, on_committed: Callable[[str | None, BaseException | None], None]) -> None:
-        """Commit an event on the outbox thread; then, on the loop, `on_committed(event id, error)` and a
-        wake-up of the sender. Nothing is sent before the commit: the sender reads committed rows only."""
-        loop = asyncio.get_running_loop()
-        body = encode_event(event_type, data, occurred_at)  # here: `data` may change once we return
-        future = self._io.submit(self.outbox.add_encoded, event_type, body, endpoints=endpoints,
-                                 occurred_at=occurred_at, decided_at=decided_at)
+             decided_at: float | None, on_committed: OnCommitted) -> str:
+        """Commit an event on the outbox thread (held and retried while the outbox refuses it); once it is
+        durable, on the loop, `on_committed(event id, None)` and a wake-up of the sender. Nothing is sent
+        before the commit: the sender reads committed rows only. Returns the event id (its webhook-id)."""
+        return self.committer.emit(event_type, data, endpoints=endpoints, occurred_at=occurred_at,
+                                   decided_at=decided_at, on_committed=on_committed)
 
-        def committed(done: Future[str]) -> None:
-            exc = done.exception()
-            event_id = None if exc is not None else done.result()
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: the event is on disk anyway
-                loop.call_soon_threadsafe(self._after_commit, event_id, exc, on_committed)
-
-        future.add_done_callback(committed)
-
-    def _after_commit(self, event_id: str | None, exc: BaseException | None,
-                      on_committed: Callable[[str | None, BaseException | None], None]) -> None:
+    def _after_commit(self) -> None:
         self._mark_stale()
         self.wake()
-        on_committed(event_id, exc)
 
     def _read_snapshot(self) -> tuple[dict[str, int], list[dict[str, Any]], frozenset[str]]:
         """Outbox thread: counts, endpoint states and the disabled set (an `outbox replay` from the CLI
@@ -136,7 +173,7 @@ class WebhookSender:
             self.metrics.endpoint_disabled.labels(key).set(1)
 
     async def refresh(self) -> None:
-        self._apply_snapshot(await self._db(self._read_snapshot))
+        self._apply_snapshot(await self._read(self._read_snapshot))
         self._stale = False
         self._refreshed_at = self.clock.monotonic()
 
@@ -150,18 +187,28 @@ class WebhookSender:
         return self._session
 
     async def run(self) -> None:
+        """The delivery loop (supervised: an exception ends it and the supervisor starts it again)."""
         try:
             while True:
                 self._wake.clear()
+                if self._register is not None:
+                    with contextlib.suppress(Exception):  # logged; tried again on the next round
+                        await self._register_endpoints()
                 since = self.clock.monotonic() - self._refreshed_at
                 if (self._stale and since >= REFRESH_S) or since >= IDLE_REFRESH_S:
                     await self.refresh()
+                await self._unrecorded.write_again()
                 await self._dispatch_due()
                 await self._purge_old()
-                next_at = await self._db(self.outbox.next_due_at, self._active_keys())
+                next_at = await self._read(self.outbox.next_due_at, self._active_keys())
+                wait = IDLE_REFRESH_S if next_at is None else next_at - self.clock.wall()
+                again_in = self._unrecorded.due_in()
+                if again_in is not None:
+                    wait = min(wait, again_in)
+                if self._register is not None:
+                    wait = min(wait, self._unrecorded.backoff.initial_s)
                 # a stale snapshot has its own wake-up (`_mark_stale`'s timer)
-                wait = IDLE_REFRESH_S if next_at is None else min(IDLE_REFRESH_S,
-                                                                  max(0.05, next_at - self.clock.wall()))
+                wait = min(IDLE_REFRESH_S, max(0.05, wait))
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._wake.wait()
@@ -170,11 +217,11 @@ class WebhookSender:
 
     async def _dispatch_due(self) -> None:
         loop = asyncio.get_running_loop()
-        due = await self._db(self.outbox.due, self.clock.wall(), DUE_PAGE, self._active_keys())
+        due = await self._read(self.outbox.due, self.clock.wall(), DUE_PAGE, self._active_keys())
         self._page_full = len(due) >= DUE_PAGE
         for d in due:
             key = (d.event_id, d.endpoint)
-            if key in self._in_flight:
+            if key in self._in_flight or key in self._unrecorded:  # sent already: its outcome is on its way
                 continue
             task = loop.create_task(self._deliver(d), name=f"webhook:{d.event_id}")
             self._in_flight[key] = task
@@ -185,7 +232,13 @@ class WebhookSender:
         now = self.clock.wall()
         if now >= self._next_purge:
             self._next_purge = now + 3600
-            n = await self._db(self.outbox.purge_delivered_before, now - self.retention_s)
+            try:
+                n = await self._db(self.outbox.purge_delivered_before, now - self.retention_s)
+            except Exception as exc:
+                self._next_purge = now + PURGE_RETRY_S
+                self.metrics.outbox_write_errors.labels("purge").inc()
+                log.warning("could not purge delivered events (%s): trying again in %.0f s", exc, PURGE_RETRY_S)
+                return
             if n:
                 log.info("purged %d delivered events older than %.0f s", n, self.retention_s)
 
@@ -217,13 +270,26 @@ class WebhookSender:
                 error = "" if outcome == "delivered" else f"HTTP {status}"
             except TimeoutError:
                 outcome, error = "timeout", f"no answer within {ep.timeout_s} s"
-            except aiohttp.ClientError as exc:
-                outcome, error = "connect_error", f"{type(exc).__name__}: {exc}"
+            except aiohttp.ClientError as exc:  # its message may quote the URL: never its token
+                outcome, error = "connect_error", redact_text(f"{type(exc).__name__}: {exc}", ep.url)
         self.metrics.webhook_attempts.labels(outcome).inc()
         await self._record(d, ep, outcome, status, error, retry_after)
 
     async def _record(self, d: Delivery, ep: Endpoint, outcome: str, status: int | None, error: str,
-                retry_after: float | None) -> None:
+                      retry_after: float | None) -> None:
+        """Record an attempt's outcome. If the outbox refuses the write, the outcome is kept and written
+        again with backoff (daemon.alerts.unrecorded); the delivery is not sent again meanwhile."""
+        write = functools.partial(self._record_now, d, ep, outcome, status, error, retry_after)
+        try:
+            await write()
+        except Exception as exc:
+            self._unrecorded.keep((d.event_id, d.endpoint), write)
+            log.warning("webhook %s: could not record the %s outcome of event %s (%s): recording it again later, "
+                        "not resending", redact_url(ep.url), outcome, d.event_id, exc)
+            self.wake()
+
+    async def _record_now(self, d: Delivery, ep: Endpoint, outcome: str, status: int | None, error: str,
+                          retry_after: float | None) -> None:
         if outcome == "delivered":
             assert status is not None
             await self._db(self.outbox.mark_delivered, d, status)
@@ -235,17 +301,21 @@ class WebhookSender:
             self._disabled = self._disabled | {ep.key}
             self.metrics.endpoint_disabled.labels(ep.key).set(1)
             log.error("webhook %s answered 410 Gone: endpoint disabled, %d deliveries held (replay with "
-                      "`spoofwatch outbox replay`)", ep.url, n)
+                      "`spoofwatch outbox replay`)", redact_url(ep.url), n)
         elif d.attempts + 1 >= self.max_attempts:
             await self._db(self.outbox.mark_dead, d, status, error)
-            log.error("webhook %s: event %s dead-lettered after %d attempts (%s)", ep.url, d.event_id,
+            log.error("webhook %s: event %s dead-lettered after %d attempts (%s)", redact_url(ep.url), d.event_id,
                       d.attempts + 1, error)
         else:
             delay = self.schedule.next_delay(d.attempts + 1, retry_after)
             await self._db(self.outbox.mark_retry, d, self.clock.wall() + delay, status, error)
             self.wake()  # the run loop re-plans its sleep around the new due time
-            log.warning("webhook %s: %s; retry %d in %.0f s", ep.url, error, d.attempts + 1, delay,
+            log.warning("webhook %s: %s; retry %d in %.0f s", redact_url(ep.url), error, d.attempts + 1, delay,
                         extra={"event_id": d.event_id})
+        if self.on_delivery is not None:
+            state = {"delivered": "delivered", "gone": "disabled"}.get(outcome) or (
+                "dead" if d.attempts + 1 >= self.max_attempts else "failing")
+            self.on_delivery(d.event_id, ep.key, state, d.attempts + 1, error)
         self._mark_stale()
 
     def _mark_stale(self) -> None:
@@ -259,16 +329,29 @@ class WebhookSender:
             self._refresh_timer = asyncio.get_running_loop().call_later(REFRESH_S, due)
 
     async def flush(self, timeout: float) -> bool:
-        """Shutdown: deliver what is due now and wait for attempts in flight. True if nothing is pending."""
+        """Shutdown: commit what is held, deliver what is due now and wait for attempts in flight. True if
+        nothing is pending (or held)."""
         try:
             async with asyncio.timeout(timeout):
+                await self.committer.flush()
+                if self._register is not None:
+                    with contextlib.suppress(Exception):
+                        await self._register_endpoints()
+                if self.clock.monotonic() - self._refreshed_at >= IDLE_REFRESH_S:
+                    await self.refresh()  # the disabled set, if `run` never read it
                 await self._dispatch_due()
                 while self._in_flight:
                     await asyncio.gather(*list(self._in_flight.values()), return_exceptions=True)
         except TimeoutError:
             pass
-        await self.refresh()
-        return self.counts["pending"] == 0
+        with contextlib.suppress(Exception):
+            await self._unrecorded.write_again(now=True)
+        try:
+            await self.refresh()
+        except Exception as exc:
+            log.warning("outbox counts unreadable at shutdown: %s", exc)
+            return False
+        return self.counts["pending"] == 0 and not self.committer.held and not self._unrecorded
 
     async def _cancel_in_flight(self) -> None:
         tasks = list(self._in_flight.values())
@@ -277,6 +360,8 @@ class WebhookSender:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def aclose(self) -> None:
+        """Last: commit what is still held (lost otherwise: reported loudly), then stop the outbox thread
+        after the writes already submitted (late events of the drain) finish."""
         if self._refresh_timer is not None:
             self._refresh_timer.cancel()
             self._refresh_timer = None
@@ -284,5 +369,9 @@ class WebhookSender:
         if self._session is not None:
             await self._session.close()
             self._session = None
-        # commits already submitted (late events of the drain) finish before the outbox may close
+        if not self._io.closed:
+            with contextlib.suppress(Exception):
+                await self._unrecorded.write_again(now=True)
+            await self.committer.flush()
+        self.committer.abandon()
         await asyncio.to_thread(self._io.shutdown)

@@ -65,12 +65,20 @@ class SdNotifier:
             return None
         return self._watchdog_usec / 2 / 1_000_000
 
-    async def run_watchdog(self, is_healthy: Callable[[], bool]) -> None:
-        """Ping at half the interval while healthy: a stuck event loop stops the pings and systemd restarts us."""
+    async def run_watchdog(self, is_healthy: Callable[[], bool], why: Callable[[], str] | None = None) -> None:
+        """Ping at half the interval while healthy: a stuck event loop, or a core task that stays down,
+        stops the pings and systemd restarts us. While unhealthy, STATUS says `why()` (once per change)."""
         interval = self.watchdog_interval_s()
         if interval is None:
             return
+        told = ""
         while True:
             if is_healthy():
                 self.watchdog()
+                told = ""
+            elif why is not None:
+                text = why()
+                if text != told:
+                    self.status(text)
+                    told = text
             await asyncio.sleep(interval)

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from daemon import __version__
 from daemon.model import CallInfo
 from daemon.policy.verdict import AlertDecision, LegSummary
+from daemon.timefmt import iso
 
 API = "BehavioralStreamingApi.DeepfakeDetection"
 MAX_METADATA_ITEMS = 32
 MAX_METADATA_VALUE = 512
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _metadata(info: CallInfo) -> dict[str, str]:

@@ -224,17 +224,28 @@ async def test_emit_commits_off_the_loop_then_delivers(tmp_path: Path) -> None:
     assert hook.unique()[event_id].body["data"] == {"leg": "inbound", "metadata": {"agent": "7"}}
 
 
-async def test_emit_reports_a_failed_commit(tmp_path: Path) -> None:
+async def test_emit_holds_an_event_the_outbox_cannot_commit(tmp_path: Path) -> None:
+    """A failed commit is not a lost event: it is held (gauge up) and retried; only an exit with the
+    disk still refusing loses it, reported to its callback and counted as a drop."""
     outbox, metrics = Outbox(tmp_path / "o.db", SystemClock()), Metrics()
     eps = [endpoint("http://127.0.0.1:9/never")]
     sender = WebhookSender(outbox, eps, metrics=metrics, clock=SystemClock(), secrets=lambda _: None)
     outbox.close()  # e.g. the disk went away: the commit fails on the outbox thread
     committed: list[tuple[str | None, BaseException | None]] = []
+    event_id = sender.emit("call.summary", {}, endpoints=eps, occurred_at=1.7e9, decided_at=None,
+                           on_committed=lambda eid, exc: committed.append((eid, exc)))
+    await until(lambda: sample(metrics, "spoofwatch_outbox_held_events") == 1)
+    assert committed == [] and sender.committer.held == 1
+    assert sample(metrics, "spoofwatch_outbox_write_errors_total", operation="commit") >= 1
+    await sender.aclose()
+    assert committed[0][0] is None and isinstance(committed[0][1], Exception) and event_id.startswith("msg_")
+    assert sample(metrics, "spoofwatch_drops_total", ingest="outbox", reason="not_committed_at_exit") == 1
+    assert sample(metrics, "spoofwatch_outbox_held_events") == 0
+    # after the outbox thread stopped, an event is reported lost at once (never silently kept)
     sender.emit("call.summary", {}, endpoints=eps, occurred_at=1.7e9, decided_at=None,
                 on_committed=lambda eid, exc: committed.append((eid, exc)))
-    await until(lambda: committed)
-    await sender.aclose()
-    assert committed[0][0] is None and isinstance(committed[0][1], Exception)
+    assert len(committed) == 2 and committed[1][0] is None
+    assert sample(metrics, "spoofwatch_drops_total", ingest="outbox", reason="not_committed_at_exit") == 2
 
 
 async def test_an_event_is_due_from_when_it_occurred(tmp_path: Path) -> None:
