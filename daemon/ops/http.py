@@ -1,5 +1,7 @@
 """The operator's HTTP endpoints: /metrics (Prometheus text, or OpenMetrics with exemplars when
-asked for), /healthz (liveness with detail) and /readyz (200 only while calls are accepted)."""
+asked for), /healthz (liveness with detail: 503 and `down` while a core task is down) and /readyz
+(200 only while calls are accepted). /healthz is unauthenticated: its detail shows no secret
+(webhook URLs are redacted)."""
 
 from __future__ import annotations
 
@@ -15,10 +17,14 @@ from daemon.ops.metrics import Metrics
 
 class OpsHttpServer:
     def __init__(self, metrics: Metrics, *, is_ready: Callable[[], bool],
-                 health_detail: Callable[[], dict[str, Any]]) -> None:
+                 health_detail: Callable[[], dict[str, Any]],
+                 down: Callable[[], dict[str, str]] | None = None,
+                 extra_routes: Callable[[web.Application], None] | None = None) -> None:
         self.metrics = metrics
+        self._extra_routes = extra_routes  # the live page (daemon.ops.live_http.LiveRoutes.add_to)
         self._is_ready = is_ready
         self._health_detail = health_detail
+        self._down = down  # core tasks down now, with why (daemon.ops.supervise)
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -27,6 +33,8 @@ class OpsHttpServer:
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
+        if self._extra_routes is not None:
+            self._extra_routes(app)
         return app
 
     async def start(self, host: str, port: int) -> int:
@@ -57,6 +65,9 @@ class OpsHttpServer:
         return resp
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        down = self._down() if self._down is not None else {}
+        if down:
+            return web.json_response({"status": "unhealthy", "down": down, **self._health_detail()}, status=503)
         return web.json_response({"status": "ok", **self._health_detail()})
 
     async def _readyz(self, request: web.Request) -> web.Response:
