@@ -128,7 +128,8 @@ async def _spawn(args: list[str], env: dict[str, str], ready_key: str, timeout: 
 
 _READERS: set[asyncio.Task[None]] = set()
 
-CREDS = {"SPOOFWATCH_CID": "9", "SPOOFWATCH_API_KEY": "bench-key"}
+#: the WHIP ingest is on by default and needs its token to start
+CREDS = {"SPOOFWATCH_CID": "9", "SPOOFWATCH_API_KEY": "bench-key", "SPOOFWATCH_WHIP_TOKEN": "bench-whip-token"}
 
 
 async def start_simulator(port: int) -> Proc:

@@ -32,15 +32,27 @@ SHARE_SCALE = 0.004
 _WINDOW = np.hanning(BLOCK)
 _FREQS = np.fft.rfftfreq(BLOCK, 1 / RATE_HZ)
 _BAND = (_FREQS > MARKER_HZ - BAND_HZ) & (_FREQS < MARKER_HZ + BAND_HZ)
+_ANGLE = 2 * np.pi * np.outer(np.flatnonzero(_BAND), np.arange(BLOCK)) / BLOCK
+#: the marker band's DFT rows (cosine, then sine), Hann window folded in: 2 × 19 × 4000 float32 (600 KB)
+_BAND_DFT = np.vstack([np.cos(_ANGLE) * _WINDOW, np.sin(_ANGLE) * _WINDOW]).astype(np.float32)
+_NYQUIST_SIGN = np.where(np.arange(BLOCK) % 2, -1.0, 1.0)
 
 
 def block_powers(samples: npt.NDArray[np.int16]) -> tuple[float, float]:
-    """(marker-band power, total power above DC) of one block of up to BLOCK samples (zero-padded)."""
-    x = np.zeros(BLOCK)
+    """(marker-band power, total power above DC) of one block of up to BLOCK samples (zero-padded).
+
+    The same two sums as over the power spectrum |rfft(x · hann)|² (band: the 19 bins within the
+    band; total: bins 1…N/2), at a third of the cost of the FFT: the band's bins by a direct DFT (one
+    38 × 4000 product), the total by Parseval's theorem, Σ_{k=1}^{N/2} |X_k|² = (N·Σ x_w² − X_0² + X_{N/2}²) / 2.
+    The band is summed in float32 (relative error ~1e-6, far below what the rule can tell apart)."""
     n = min(len(samples), BLOCK)
+    x = np.zeros(BLOCK)
     x[:n] = samples[:n]
-    power = np.abs(np.fft.rfft(x * _WINDOW)) ** 2
-    return float(power[_BAND].sum()), float(power[1:].sum())
+    xw = x * _WINDOW
+    band_bins = _BAND_DFT[:, :n] @ np.asarray(samples[:n], dtype=np.float32)  # zero padding adds nothing
+    dc, nyquist = float(xw.sum()), float(xw @ _NYQUIST_SIGN)
+    total = (BLOCK * float(xw @ xw) - dc * dc + nyquist * nyquist) / 2
+    return float(band_bins.astype(np.float64) @ band_bins), max(total, 0.0)
 
 
 def posterior_from_share(share: float) -> float:
