@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -24,6 +25,7 @@ from typing import Any
 
 from daemon import __version__
 from daemon.alerts.outbox import Endpoint, Outbox
+from daemon.alerts.redact import redact_url
 from daemon.alerts.schedule import RetrySchedule
 from daemon.alerts.webhook import WebhookSender
 from daemon.calls.registry import CallRegistry
@@ -39,15 +41,20 @@ from daemon.config import (
     parse_hostport,
     upstream_credentials,
 )
+from daemon.ingests import IngestContext, banner_lines, ingest_limits, start_ingests
 from daemon.model import DeepfakeResult, LegRef
 from daemon.ops.gc import GcPauseWatch, settle_heap
 from daemon.ops.http import OpsHttpServer
+from daemon.ops.live import LiveHub
+from daemon.ops.live_http import live_routes
 from daemon.ops.metrics import Metrics
+from daemon.ops.supervise import Supervisor
 from daemon.ops.systemd import SdNotifier
 from daemon.policy.payloads import upstream_health_data
-from daemon.upstream.channels import ChannelPool
+from daemon.upstream.channels import ChannelPool, use_tls
 from daemon.upstream.health import UpstreamHealth
 from daemon.upstream.stream import LegStream
+from daemon.workers.plan import WorkerRole
 
 log = logging.getLogger("spoofwatch")
 
@@ -58,38 +65,26 @@ SIMULATOR_BANNER = (
 
 
 class OutboxAlertSink:
-    """Commits each event to the outbox before anything is sent, then wakes the sender."""
+    """Commits each event to the outbox (on the outbox thread) before anything is sent, then wakes the
+    sender. While the outbox cannot commit, events are held in memory in order, with their ids, and
+    committed later (daemon.alerts.commit); nothing here waits for the disk."""
 
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
 
     def emit(self, event_type: str, data: dict[str, Any], *, decided_at: float | None) -> None:
         d = self._daemon
-        assert d.outbox is not None
-        occurred_at = d.clock.wall()
+        assert d.sender is not None
 
         def committed(event_id: str | None, exc: BaseException | None) -> None:
             if exc is not None:
-                # The disk is the one thing we cannot route around: say it loudly, keep the call alive.
-                log.error("could not commit %s to the outbox", event_type, exc_info=exc)
-                d.metrics.drops.labels("outbox", "commit_failed").inc()
-            else:
-                d.metrics.alerts.labels(event_type).inc()
+                return  # dropped (memory bound, or exit before the disk answered): logged and counted there
+            d.metrics.alerts.labels(event_type).inc()
+            d.live.alert_committed(event_id or "", event_type, data,
+                                   [(e.key, redact_url(e.url)) for e in d.endpoints if e.accepts(event_type)])
 
-        if d.sender is not None:
-            try:
-                d.sender.emit(event_type, data, endpoints=d.endpoints, occurred_at=occurred_at,
-                              decided_at=decided_at, on_committed=committed)
-                return
-            except RuntimeError:
-                pass  # the sender's thread is gone (last moments of shutdown): commit here instead
-        try:
-            event_id = d.outbox.add(event_type, data, endpoints=d.endpoints, occurred_at=occurred_at,
-                                    decided_at=decided_at)
-        except Exception as exc:
-            committed(None, exc)
-        else:
-            committed(event_id, None)
+        d.sender.emit(event_type, data, endpoints=d.endpoints, occurred_at=d.clock.wall(), decided_at=decided_at,
+                      on_committed=committed)
 
 
 def endpoints_from(cfg: Config) -> list[Endpoint]:
@@ -99,8 +94,10 @@ def endpoints_from(cfg: Config) -> list[Endpoint]:
 class Daemon:
     def __init__(self, cfg: Config, *, config_path: str | None = None, clock: Clock | None = None,
                  metrics: Metrics | None = None, environ: Mapping[str, str] | None = None,
-                 tune_gc: bool = False) -> None:
+                 tune_gc: bool = False, worker: WorkerRole | None = None) -> None:
         self.cfg = cfg
+        #: this process's place under a multi-worker supervisor (daemon.workers), else None
+        self.worker = worker
         #: freeze the startup heap out of GC scans (daemon.ops.gc): for the process that is the daemon,
         #: not for a Daemon embedded in a test process
         self.tune_gc = tune_gc
@@ -126,7 +123,14 @@ class Daemon:
         self.ports: dict[str, int] = {}
         self._stop = asyncio.Event()
         self._service_tasks: list[asyncio.Task[Any]] = []
+        #: owns every long-lived service task: a crash is logged, counted and restarted with backoff, and a
+        #: core task that is down shows in /healthz (503) and stops the watchdog pings. Ingests register
+        #: here too: `supervisor.spawn(name, coroutine_fn)` for a task, `supervisor.watch(name, probe)` for
+        #: a server whose probe returns None while fine, else what is wrong (daemon.ops.supervise).
+        self.supervisor = Supervisor(clock=self.clock, metrics=self.metrics)
         self.started = asyncio.Event()
+        #: the live operator page's state (daemon.ops.live), fed by the call layer, sender and upstream health
+        self.live = LiveHub(self.clock, on_overflow=lambda: self.metrics.drops.labels("ui", "sse_overflow").inc())
 
     # upstream ----------------------------------------------------------------------------------
     def _credentials(self) -> UpstreamCredentials:
@@ -156,10 +160,13 @@ class Daemon:
         else:
             self.upstream_target = up.target
         self.metrics.upstream_simulated.set(1 if self.simulated else 0)
-        self.pool = ChannelPool(self.upstream_target, tls=up.tls, size=up.channels, keepalive_s=up.keepalive_s,
+        self.live.upstream_state(target=self.upstream_target, simulated=self.simulated, up=True, detail="")
+        tls = use_tls(up, self.upstream_target, embedded_tls=self.simulated and bool(self.cfg.simulator.tls_cert_file))
+        self.pool = ChannelPool(self.upstream_target, tls=tls, size=up.channels, keepalive_s=up.keepalive_s,
                                 max_streams_per_channel=up.max_streams_per_channel,
                                 breaker_failures=up.breaker_failures, breaker_open_s=up.breaker_open_s,
-                                clock=self.clock, metrics=self.metrics)
+                                clock=self.clock, metrics=self.metrics, ca_file=up.ca_file,
+                                tls_server_name=up.tls_server_name)
 
     def _open_stream(self, leg: LegRef, on_result: Callable[[DeepfakeResult], None]) -> UpstreamLeg:
         assert self.pool is not None and self.creds is not None
@@ -176,6 +183,8 @@ class Daemon:
             data = upstream_health_data(up=change.up, target=self.upstream_target, detail=change.detail,
                                         simulated=self.simulated, detector_host=socket.gethostname())
             OutboxAlertSink(self).emit(event_type, data, decided_at=None)
+            self.live.upstream_state(target=self.upstream_target, simulated=self.simulated, up=change.up,
+                                     detail=change.detail)
             if not change.up:
                 log.error("upstream degraded: %s", change.detail)
             else:
@@ -189,20 +198,26 @@ class Daemon:
         state_dir = self.environ.get("STATE_DIRECTORY")
         if state_dir and not outbox_path.is_absolute():
             outbox_path = Path(state_dir.split(":")[0]) / outbox_path
-        self.outbox = Outbox(outbox_path, self.clock, synchronous=cfg.outbox.synchronous)
+        self.outbox = Outbox(outbox_path, self.clock, synchronous=cfg.outbox.synchronous,
+                             busy_timeout_s=cfg.outbox.busy_timeout_s)
         self.sender = WebhookSender(self.outbox, self.endpoints, metrics=self.metrics, clock=self.clock,
                                     schedule=RetrySchedule(cfg.outbox.retry_schedule_s),
                                     max_attempts=cfg.outbox.max_attempts,
                                     retention_s=cfg.outbox.delivered_retention_s)
-        self._service_tasks.append(asyncio.create_task(self.sender.run(), name="webhook-sender"))
+        self.sender.on_delivery = self.live.delivery
+        self.supervisor.spawn("webhook-sender", self.sender.run)
+        self.supervisor.spawn("outbox-commit-retry", self.sender.committer.run)
         ctx = CallContext(metrics=self.metrics, clock=self.clock, streams=self._open_stream,
                           alerts=OutboxAlertSink(self), policy=cfg.policy, detector_host=socket.gethostname(),
                           upstream_target=self.upstream_target,
-                          final_results_timeout_s=cfg.daemon.final_results_timeout_s)
-        self.registry = CallRegistry(ctx, max_calls=cfg.daemon.max_calls, per_ingest_limits=self._ingest_limits(cfg))
-        await self._start_ingests()
+                          final_results_timeout_s=cfg.daemon.final_results_timeout_s, live=self.live)
+        self.registry = CallRegistry(ctx, max_calls=cfg.daemon.max_calls, per_ingest_limits=ingest_limits(cfg))
+        self.ingests, ingest_ports = await start_ingests(IngestContext(
+            cfg, self.registry, self.metrics, self.clock, self.environ, reuse_port=self.worker is not None))
+        self.ports.update(ingest_ports)
         host, port = parse_hostport(cfg.http.listen)
-        self.http = OpsHttpServer(self.metrics, is_ready=lambda: self.ready, health_detail=self._health_detail)
+        self.http = OpsHttpServer(self.metrics, is_ready=lambda: self.ready, health_detail=self._health_detail,
+                                  extra_routes=live_routes(self).add_to, down=self.supervisor.down)
         self.ports["http"] = await self.http.start(host, port)
         if self.tune_gc:
             frozen = settle_heap()
@@ -211,65 +226,46 @@ class Daemon:
         self.ready = True
         self.metrics.ready.set(1)
         self._log_banner()
+        if self.worker is not None:  # the supervisor forwards to these private loopback listeners
+            self.notifier.notify(X_SPOOFWATCH_PORTS=json.dumps(self.ports))
         self.notifier.ready(status=self._status_line())
         if self.notifier.watchdog_interval_s() is not None:
-            self._service_tasks.append(asyncio.create_task(self.notifier.run_watchdog(lambda: True),
-                                                           name="watchdog"))
+            self.supervisor.spawn("watchdog", lambda: self.notifier.run_watchdog(
+                lambda: self.supervisor.problem() is None, lambda: self.supervisor.problem() or ""))
+        self.supervisor.spawn("status", self._report_status, core=False)
         self.started.set()
 
-    @staticmethod
-    def _ingest_limits(cfg: Config) -> dict[str, int]:
-        return {"twilio": cfg.ingest.twilio.max_calls, "rtp": cfg.ingest.rtp.max_calls}
-
-    async def _start_ingests(self) -> None:
-        cfg = self.cfg
-        assert self.registry is not None
-        if cfg.ingest.twilio.enabled:
-            from daemon.ingest.twilio.server import TwilioIngest
-
-            twilio = TwilioIngest(cfg.ingest.twilio, self.registry, self.metrics, self.clock)
-            self.ports["twilio"] = await twilio.start()
-            self.ingests.append(twilio)
-        if cfg.ingest.rtp.enabled:
-            from daemon.ingest.rtp.control import RtpControlServer
-            from daemon.ingest.rtp.server import RtpIngest
-
-            rtp = RtpIngest(cfg.ingest.rtp, self.registry, self.metrics, self.clock)
-            await rtp.start()
-            self.ingests.append(rtp)
-            control = RtpControlServer(cfg.ingest.rtp, rtp, self.metrics)
-            self.ports["rtp_control"] = await control.start()
-            self.ingests.append(control)
+    async def _report_status(self) -> None:
+        """systemd STATUS= every 10 s (calls, upstream; why, while a core task is down)."""
+        while True:
+            await asyncio.sleep(10.0)
+            self.notifier.status(self._status_line())
 
     def _status_line(self) -> str:
         active = len(self.registry.calls) if self.registry else 0
         sim = " (SIMULATED upstream)" if self.simulated else ""
-        return f"{active} calls; upstream {self.upstream_target}{sim}"
+        problem = self.supervisor.problem()
+        return f"{active} calls; upstream {self.upstream_target}{sim}" + (f"; {problem}" if problem else "")
 
     def _log_banner(self) -> None:
         cfg = self.cfg
         log.info("spoofwatch %s ready; config %s", __version__, cfg.source,
                  extra={"ports": dict(self.ports), "simulated": self.simulated})
-        if "twilio" in self.ports:
-            host = parse_hostport(cfg.ingest.twilio.listen)[0]
-            url = f"ws://{host}:{self.ports['twilio']}{cfg.ingest.twilio.path}"
-            log.info("Twilio Media Streams: %s", url)
-            log.info("try it: spoofwatch loadgen twilio --url %s --calls 1 --clip marked --track both "
-                     "--other-clip clean", url)
-        if cfg.ingest.rtp.enabled:
-            r = cfg.ingest.rtp
-            log.info("RTP: %s ports %d-%d; control API http://%s:%s/v1/rtp/sessions", r.listen_host, r.port_min,
-                     r.port_max, parse_hostport(r.control_listen)[0], self.ports.get("rtp_control"))
+        for line in banner_lines(cfg, self.ports):
+            log.info("%s", line)
         host = parse_hostport(cfg.http.listen)[0]
         log.info("metrics http://%s:%d/metrics, health /healthz, readiness /readyz", host, self.ports["http"])
+        log.info("live operator page: http://%s:%d/", host, self.ports["http"])
         log.info("upstream %s%s; webhooks: %s", self.upstream_target, " (SIMULATED)" if self.simulated else "",
-                 ", ".join(e.url for e in self.endpoints) or "none configured (events stay in the outbox)")
+                 ", ".join(redact_url(e.url) for e in self.endpoints) or "none configured (events stay in the outbox)")
         if self.simulated:
             log.warning(SIMULATOR_BANNER)
 
     def _health_detail(self) -> dict[str, Any]:
         # the sender's snapshot (≤ 1 s old): a health probe must not queue behind outbox commits
         counts = dict(self.sender.counts) if self.sender is not None else {}
+        if self.sender is not None:
+            counts["held"] = self.sender.committer.held  # not committed yet: the disk refuses
         return {
             "version": __version__,
             "ready": self.ready,
@@ -277,6 +273,7 @@ class Daemon:
             "upstream": {"target": self.upstream_target, "simulated": self.simulated, "up": self.health.up},
             "outbox": counts,
             "endpoints": list(self.sender.endpoint_states) if self.sender is not None else [],
+            "tasks": self.supervisor.snapshot(),
         }
 
     def request_stop(self) -> None:
@@ -290,7 +287,9 @@ class Daemon:
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
-        except ConfigError as exc:
+            if self.worker is not None:
+                new = self.worker.apply(new)
+        except (ConfigError, ValueError) as exc:
             log.error("reload refused, keeping the running config: %s", exc)
             self.metrics.config_reloads.labels("error").inc()
             self.notifier.ready(status=self._status_line())
@@ -300,9 +299,9 @@ class Daemon:
         for session in list(self.registry.calls.values()):
             for leg in session.legs.values():
                 leg.policy.update_config(new.policy)
-        self.registry.update_limits(max_calls=new.daemon.max_calls, per_ingest_limits=self._ingest_limits(new))
+        self.registry.update_limits(max_calls=new.daemon.max_calls, per_ingest_limits=ingest_limits(new))
         self.endpoints = endpoints_from(new)
-        self.sender.update_endpoints(self.endpoints)
+        await self.sender.update_endpoints(self.endpoints)  # awaits the outbox thread, never blocks the loop
         restart_needed = [name for name in ("http", "upstream", "simulator", "ingest", "outbox")
                           if getattr(new, name) != getattr(self.cfg, name)]
         if restart_needed:
@@ -336,7 +335,7 @@ class Daemon:
             delivered = await self.sender.flush(5.0)
             if not delivered:
                 log.warning("outbox not empty at exit: pending events are delivered after the next start")
-            await self.sender.aclose()
+        await self.supervisor.aclose()
         for task in self._service_tasks:
             task.cancel()
         for task in self._service_tasks:
@@ -346,10 +345,12 @@ class Daemon:
             await self.pool.close()
         if self.simulator is not None:
             await self.simulator.stop(grace=1.0)
+        if self.sender is not None:  # last: late events (e.g. of the pool closing) still commit on its thread
+            await self.sender.aclose()
         if self.http is not None:
             await self.http.close()
         if self.outbox is not None:
-            self.outbox.close()
+            await asyncio.to_thread(self.outbox.close)  # closing checkpoints the WAL: disk work, off the loop
         self.gc_watch.uninstall()
         log.info("stopped")
 
@@ -366,13 +367,17 @@ class Daemon:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(status_every):
                         await self._stop.wait()
-                self.notifier.status(self._status_line())
                 reloads[:] = [t for t in reloads if not t.done()]
         finally:
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
+            # SIGTERM/SIGINT stay handled through the drain: a second one (Kubernetes' preStop, then the
+            # kubelet's own SIGTERM) must not kill the calls that are finishing
+            loop.remove_signal_handler(signal.SIGHUP)
             for t in reloads:
                 with contextlib.suppress(Exception):
                     await t
-            await self.shutdown()
+            try:
+                await self.shutdown()
+            finally:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.remove_signal_handler(sig)
         return 0

@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.configingest import (
+    IngestConfig,
+    RtpIngestConfig,
+    TwilioIngestConfig,
+    WhipIngestConfig,
+    ingest_checks,
+)
 from daemon.configschema import (
     ConfigError,
     _build,
@@ -27,7 +34,8 @@ from daemon.configschema import (
 )
 from daemon.configschema import iter_documented_keys as _iter_keys
 
-__all__ = ["ConfigError", "opt", "parse_hostport", "read_secret"]
+__all__ = ["ConfigError", "IngestConfig", "RtpIngestConfig", "TwilioIngestConfig", "WhipIngestConfig", "opt",
+           "parse_hostport", "read_secret"]
 
 #: Environment variables holding the Behavioral Signals project id and API key.
 CID_ENV = "SPOOFWATCH_CID"
@@ -41,7 +49,9 @@ class DaemonConfig:
     log_level: str = opt("info", "log level", choices=("debug", "info", "warning", "error"))
     drain_timeout_s: float = opt(20.0, "on SIGTERM, how long open calls may finish before they are cut",
                                  min=0, max=3600)
-    max_calls: int = opt(2000, "concurrent calls over all ingests; beyond it new calls are refused",
+    max_calls: int = opt(500, "concurrent calls over all ingests; beyond it new calls are refused. Default: the "
+                         "measured knee of one process on a 2-core VM, see benchmarks/README.md (~300 Twilio, "
+                         "~500 RTP calls)",
                          min=1, max=100000)
     leg_queue_chunks: int = opt(40, "per-leg bounded queue of 250 ms chunks awaiting upstream (drop-oldest)",
                                 min=2, max=10000)
@@ -53,21 +63,34 @@ class DaemonConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    listen: str = opt("127.0.0.1:9108", "HOST:PORT of /metrics, /healthz, /readyz (port 0: any free port)")
+    listen: str = opt("127.0.0.1:9108", "HOST:PORT of /metrics, /healthz, /readyz and the live operator page / "
+                      "(port 0: any free port)")
+    ui_token_env: str = opt("SPOOFWATCH_UI_TOKEN", "environment variable (or systemd credential) with the bearer "
+                            "token of the live page's /api/state and /api/events; unset: the page is open to "
+                            "whoever reaches [http] listen, so keep it on loopback or behind an authenticating "
+                            'proxy ("": never ask for a token)')
 
 
 @dataclass(frozen=True)
 class UpstreamConfig:
     target: str = opt("embedded", '"embedded" (simulator inside the daemon on loopback) or "host:port" '
                       'of the BehavioralStreamingApi, e.g. "streaming.behavioralsignals.com:443"')
-    tls: bool = opt(False, "use TLS to the target (true for streaming.behavioralsignals.com:443)")
+    tls: str = opt("auto", 'TLS to the target: "auto" (on for any target that is not loopback; for "embedded", on '
+                   'when the simulator has a certificate), "on", or "off" (plaintext: the API key rides in every '
+                   'message, a WARNING at startup for a remote target)', choices=("auto", "on", "off"))
+    ca_file: str = opt("", "PEM file of the certificate authorities trusted for the target (\"\": the system's)")
+    tls_server_name: str = opt("", "name checked in the target's certificate instead of its host (\"\": the host)")
     channels: int = opt(2, "grpc.aio channels (separate HTTP/2 connections) in the pool", min=1, max=64)
     max_streams_per_channel: int = opt(100, "streams one channel carries before the pool prefers another",
                                        min=1, max=10000)
     connect_timeout_s: float = opt(5.0, "how long a new stream may take to connect", min=0.1, max=300)
     keepalive_s: float = opt(20.0, "HTTP/2 keepalive ping interval on every channel", min=1, max=3600)
-    stall_timeout_s: float = opt(30.0, "a stream that read nothing for this long while audio flowed is reopened",
-                                 min=1, max=3600)
+    stall_timeout_s: float = opt(30.0, "a stream owed a result (voiced audio sent since the last one) that read "
+                                 "nothing for this long is reopened; silence owes nothing, and a dead connection "
+                                 "is found by the keepalive", min=1, max=3600)
+    stall_voiced_dbfs: float = opt(-40.0, "a 250 ms chunk whose RMS level is at or above this counts as voiced "
+                                   "for stall detection (conservative: 5 dB above the simulator's VAD; line "
+                                   "noise sits near -60)", min=-90, max=0)
     retry_initial_ms: int = opt(250, "first reconnect backoff", min=1, max=600000)
     retry_max_ms: int = opt(10000, "largest reconnect backoff", min=1, max=3600000)
     breaker_failures: int = opt(5, "consecutive failures that open a channel's circuit breaker", min=1, max=1000)
@@ -94,50 +117,8 @@ class SimulatorConfig:
     drop_results_ratio: float = opt(0.0, "fault: share of results silently dropped", min=0, max=1)
     close_connection_after_s: float = opt(0.0, "fault: abort the stream's connection after this long (0: never)",
                                           min=0, max=86400)
-
-
-@dataclass(frozen=True)
-class TwilioIngestConfig:
-    enabled: bool = opt(True, "accept Twilio Media Streams (and SignalWire's compatible streams)")
-    listen: str = opt("127.0.0.1:8080", "HOST:PORT of the websocket server (port 0: any free port)")
-    path: str = opt("/twilio", "websocket path Twilio connects to")
-    max_calls: int = opt(1000, "concurrent Twilio streams; beyond it new ones are closed with 1013", min=1,
-                         max=100000)
-    max_frame_bytes: int = opt(65536, "largest websocket message accepted", min=1024, max=16 * 1048576)
-    validate_signature: bool = opt(False, "check X-Twilio-Signature on the upgrade request")
-    auth_token_env: str = opt("TWILIO_AUTH_TOKEN", "environment variable with the Twilio auth token")
-    public_base_url: str = opt("", 'wss:// base URL Twilio dials when behind a proxy, e.g. '
-                               '"wss://voice.example.com" ("": use the Host header)')
-    gap_fill_max_ms: int = opt(2000, "largest Twilio-lost gap filled with silence", min=0, max=60000)
-
-
-@dataclass(frozen=True)
-class RtpIngestConfig:
-    enabled: bool = opt(False, "accept raw RTP media forks")
-    listen_host: str = opt("127.0.0.1", "address the RTP ports bind to")
-    port_min: int = opt(40000, "first RTP port (even)", min=1024, max=65534)
-    port_max: int = opt(40999, "last RTP port", min=1025, max=65535)
-    auto_calls: bool = opt(True, "a packet on an unallocated port opens a call keyed by (port, SSRC)")
-    inactivity_timeout_ms: int = opt(3000, "a leg without packets for this long ends", min=100, max=600000)
-    jitter_window_packets: int = opt(16, "reordering window of the jitter buffer", min=1, max=1024)
-    batch_ms: int = opt(100, "tick: start of playout, gap fill, idle legs, and batched decoding of codecs other than "
-                        "G.711 (G.711 goes to its leg as packets arrive)", min=20, max=1000)
-    recv_buffer_bytes: int = opt(4 * 1048576, "SO_RCVBUF of each RTP socket", min=65536, max=256 * 1048576)
-    control_listen: str = opt("127.0.0.1:9109", "HOST:PORT of the RTP session control API")
-    control_token_env: str = opt("SPOOFWATCH_RTP_TOKEN", "environment variable with the control API bearer token")
-    max_calls: int = opt(1000, "concurrent RTP calls", min=1, max=100000)
-    dynamic_payload_types: list[str] = field(
-        default_factory=lambda: ["96 opus/48000/2", "111 opus/48000/2", "118 L16/16000"],
-        metadata=_meta('default map of dynamic payload types ("PT name/rate[/channels]"); the control API can '
-                       "give each session its own (from the SDP's a=rtpmap lines)"))
-    datagram_max_bytes: int = opt(2048, "bytes asked of each recvfrom (0: asyncio's stock 256 KiB, measurably "
-                                  "slower per packet)", min=0, max=262144)
-
-
-@dataclass(frozen=True)
-class IngestConfig:
-    twilio: TwilioIngestConfig = field(default_factory=TwilioIngestConfig)
-    rtp: RtpIngestConfig = field(default_factory=RtpIngestConfig)
+    tls_cert_file: str = opt("", 'PEM certificate (chain) the simulator serves TLS with ("": plaintext)')
+    tls_key_file: str = opt("", "PEM private key of tls_cert_file")
 
 
 @dataclass(frozen=True)
@@ -160,6 +141,9 @@ class OutboxConfig:
     delivered_retention_s: float = opt(7 * 86400.0, "delivered events kept this long, then purged",
                                        min=0, max=366 * 86400)
     max_attempts: int = opt(12, "delivery attempts before an event is dead-lettered", min=1, max=1000)
+    busy_timeout_s: float = opt(10.0, "how long an outbox write waits for another process's lock (e.g. `spoofwatch "
+                                "outbox purge`) before it fails and is retried later (events held in memory)",
+                                min=0.01, max=600)
     retry_schedule_s: list[float] = field(
         default_factory=lambda: [5.0, 30.0, 120.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0,
                                  86400.0],
@@ -177,8 +161,18 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class ProcessConfig:
+    workers: int | str = opt(1, 'worker processes, each one event loop on one core with its own calls, upstream '
+                             'connections and outbox partition (outbox-<n>); "auto": one per usable core. Above 1, '
+                             "a supervisor process starts them, shares the websocket listeners (SO_REUSEPORT), "
+                             "gives each a slice of the RTP ports and serves one /metrics for all",
+                             min=1, max=256, choices=("auto",))
+
+
+@dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    process: ProcessConfig = field(default_factory=ProcessConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
@@ -203,25 +197,16 @@ def _cross_checks(cfg: Config) -> None:
 
     hostport(cfg.http.listen, "http.listen")
     hostport(cfg.simulator.listen, "simulator.listen")
-    hostport(cfg.ingest.twilio.listen, "ingest.twilio.listen")
-    hostport(cfg.ingest.rtp.control_listen, "ingest.rtp.control_listen")
     if cfg.upstream.target != "embedded":
         try:
             parse_hostport(cfg.upstream.target, allow_port_zero=False)
         except ValueError as exc:
             raise ConfigError(f'upstream.target: must be "embedded" or "host:port": {exc}') from None
-    if not cfg.ingest.twilio.path.startswith("/"):
-        raise ConfigError("ingest.twilio.path: must start with '/'")
-    if cfg.ingest.twilio.public_base_url and not cfg.ingest.twilio.public_base_url.startswith(("wss://", "ws://")):
-        raise ConfigError("ingest.twilio.public_base_url: must start with wss:// (or ws://)")
-    if cfg.ingest.rtp.port_max <= cfg.ingest.rtp.port_min:
-        raise ConfigError("ingest.rtp.port_max: must be greater than ingest.rtp.port_min")
-    from daemon.ingest.rtp.codecmap import CodecMapError, parse_map
-
-    try:
-        parse_map(cfg.ingest.rtp.dynamic_payload_types)
-    except CodecMapError as exc:
-        raise ConfigError(f"ingest.rtp.dynamic_payload_types: {exc}") from None
+    if bool(cfg.simulator.tls_cert_file) != bool(cfg.simulator.tls_key_file):
+        raise ConfigError("simulator.tls_cert_file and simulator.tls_key_file: set both (TLS) or neither")
+    if cfg.upstream.target == "embedded" and cfg.upstream.tls == "on" and not cfg.simulator.tls_cert_file:
+        raise ConfigError('upstream.tls: "on" with target "embedded" needs simulator.tls_cert_file and tls_key_file')
+    ingest_checks(cfg.ingest, http_listen=cfg.http.listen)
     if cfg.upstream.retry_max_ms < cfg.upstream.retry_initial_ms:
         raise ConfigError("upstream.retry_max_ms: must be at least upstream.retry_initial_ms")
     if not cfg.outbox.retry_schedule_s or any(not 0 < d <= 7 * 86400 for d in cfg.outbox.retry_schedule_s):

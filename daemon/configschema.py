@@ -69,7 +69,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: must be an array")
         return [_convert(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin in (typing.Union, types.UnionType):
-        raise ConfigError(f"{where}: unsupported type")  # not used by the schema
+        # e.g. `int | str` for `workers = 4` or `workers = "auto"`: the first member the value fits
+        members = typing.get_args(tp)
+        for member in members:
+            if isinstance(value, member) and not (member is int and isinstance(value, bool)):
+                return value
+        raise ConfigError(f"{where}: must be {' or '.join(_type_name(m) for m in members)}, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, bool):
@@ -81,7 +86,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
 
 def _check_limits(value: Any, meta: Mapping[str, Any], where: str) -> None:
     lo, hi, choices = meta.get("min"), meta.get("max"), meta.get("choices")
-    if choices is not None and value not in choices:
+    if choices is not None and isinstance(value, str) and value not in choices:
         raise ConfigError(f"{where}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
     if isinstance(value, int | float) and not isinstance(value, bool):
         if (lo is not None and value < lo) or (hi is not None and value > hi):

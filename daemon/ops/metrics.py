@@ -75,6 +75,8 @@ class Metrics:
         self.chunks = Counter(f"{p}_chunks_sent", "250 ms chunks written to upstream streams", registry=r)
         self.rtp_packets_lost = Counter(f"{p}_rtp_packets_lost", "RTP packets missing at playout",
                                         registry=r)
+        self.rtp_ports_usable = Gauge(f"{p}_rtp_ports_usable", "RTP ports (each with its RTCP port+1) bound at "
+                                      "start; ports of the range that were taken are not counted", registry=r)
 
         # upstream
         self.upstream_streams_active = Gauge(f"{p}_upstream_streams_active", "Open DeepfakeDetection streams",
@@ -127,3 +129,13 @@ class Metrics:
                                   ["generation"], buckets=GC_PAUSE_BUCKETS, registry=r)
         self.config_reloads = Counter(f"{p}_config_reloads", "SIGHUP reloads by result", ["result"],
                                       registry=r)
+        # supervision (daemon.ops.supervise) and outbox faults
+        self.task_restarts = Counter(f"{p}_task_restarts", "Supervised long-lived tasks restarted after a failure",
+                                     ["task"], registry=r)
+        self.task_up = Gauge(f"{p}_task_up", "1 while a supervised task runs, 0 while it waits to be restarted",
+                             ["task"], registry=r)
+        self.outbox_held = Gauge(f"{p}_outbox_held_events", "Events the outbox could not commit yet, held in "
+                                 "memory and retried (lost on a crash until committed)", registry=r)
+        self.outbox_write_errors = Counter(f"{p}_outbox_write_errors", "Outbox writes that failed and will be "
+                                           "retried, by operation (commit, mark, register, purge)", ["operation"],
+                                           registry=r)

@@ -10,16 +10,25 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from daemon.ingest.twilio.signature import DEV_AUTH_TOKEN
+
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec_" + base64.b64encode(b"spoofwatch-e2e-test-secret-32byte").decode()
+#: The daemon's Twilio auth token (signatures are checked by default) and the one `start_loadgen` signs
+#: with: the public development token `make run` uses, so a test that gives the daemon that token
+#: itself, or runs the loadgen with its defaults, signs alike.
+TWILIO_TOKEN = DEV_AUTH_TOKEN
+#: The bearer token of the daemon's WHIP endpoint (on by default, it refuses to start without one).
+WHIP_TOKEN = "e2e-whip-token"
 
 
 @dataclass
@@ -108,6 +117,9 @@ listen = "127.0.0.1:0"
 [ingest.twilio]
 listen = "127.0.0.1:0"
 
+[ingest.whip]
+listen = "127.0.0.1:0"
+
 [outbox]
 path = "{outbox}"
 
@@ -140,12 +152,31 @@ class DaemonProcess:
     def messages(self) -> list[str]:
         return [str(line.get("msg", "")) for line in self.lines]
 
+    async def wait_logged(self, predicate: Callable[[list[str]], bool], timeout: float = 30.0) -> None:
+        """Poll the log lines (bounded in time and count) until `predicate(messages)` holds."""
+        for _ in range(int(timeout / 0.05)):
+            if predicate(self.messages()):
+                return
+            if self.proc.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"log condition not met; last lines: {self.messages()[-20:]}")
 
-async def start_daemon(config: Path, *, env: dict[str, str] | None = None, timeout: float = 30.0) -> DaemonProcess:
+    async def metrics(self) -> str:
+        """One scrape of /metrics."""
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{self.ports['http']}/metrics") as resp:
+                return await resp.text()
+
+
+async def start_daemon(config: Path, *, env: dict[str, str] | None = None, timeout: float = 30.0,
+                       prefix: tuple[str, ...] = ()) -> DaemonProcess:
+    """`prefix`: argv the daemon runs under, e.g. `ip netns exec NS` for a test host."""
     full_env = {**os.environ, "E2E_WEBHOOK_SECRET": SECRET, "SPOOFWATCH_CID": "77",
-                "SPOOFWATCH_API_KEY": "e2e-key", "PYTHONUNBUFFERED": "1", **(env or {})}
+                "SPOOFWATCH_API_KEY": "e2e-key", "TWILIO_AUTH_TOKEN": TWILIO_TOKEN, "PYTHONUNBUFFERED": "1",
+                "SPOOFWATCH_WHIP_TOKEN": WHIP_TOKEN, **(env or {})}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daemon.cli", "run", "--config", str(config),
+        *prefix, sys.executable, "-m", "daemon.cli", "run", "--config", str(config),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=full_env, cwd=str(ROOT),
     )
     lines: list[dict[str, Any]] = []
@@ -173,17 +204,21 @@ async def start_daemon(config: Path, *, env: dict[str, str] | None = None, timeo
         async with asyncio.timeout(timeout):
             ports = await ready
     except BaseException:
-        proc.kill()
+        if proc.returncode is None:
+            proc.kill()
         await proc.wait()
         raise
     return DaemonProcess(proc, ports, lines, reader)
 
 
-async def start_loadgen(url: str, *args: str, capture: bool = False) -> asyncio.subprocess.Process:
-    """`spoofwatch loadgen twilio --url URL ARGS…` as a subprocess (output captured or discarded)."""
+async def start_loadgen(url: str, *args: str, capture: bool = False,
+                        env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    """`spoofwatch loadgen twilio --url URL ARGS…` as a subprocess (output captured or discarded), signing
+    with the daemon's TWILIO_TOKEN through $TWILIO_AUTH_TOKEN unless `env` says otherwise."""
     out = asyncio.subprocess.PIPE if capture else asyncio.subprocess.DEVNULL
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "daemon.cli", "loadgen", "twilio", "--url", url, *args, cwd=str(ROOT),
+        env={**os.environ, "TWILIO_AUTH_TOKEN": TWILIO_TOKEN, **(env or {})},
         stdout=out, stderr=asyncio.subprocess.STDOUT if capture else asyncio.subprocess.DEVNULL)
 
 

@@ -59,7 +59,10 @@ def test_every_key_documented_with_unit_in_name() -> None:
         ("[policy]\nspoofed_threshold = 1.5\n", "policy.spoofed_threshold: must be between 0 and 1, got 1.5"),
         ("[policy]\nconsecutive_segments = \"2\"\n", "policy.consecutive_segments: must be an integer"),
         ("[policy]\nconsecutive_segments = true\n", "policy.consecutive_segments: must be an integer"),
-        ("[upstream]\ntls = 1\n", "upstream.tls: must be a boolean"),
+        ("[upstream]\ntls = true\n", "upstream.tls: must be a string"),
+        ("[upstream]\ntls = \"yes\"\n", "upstream.tls: must be one of 'auto', 'on', 'off'"),
+        ("[simulator]\ntls_cert_file = \"c.pem\"\n", "simulator.tls_cert_file and simulator.tls_key_file: set both"),
+        ("[upstream]\ntls = \"on\"\n", "upstream.tls: \"on\" with target \"embedded\" needs simulator.tls_cert_file"),
         ("[daemon]\nlog_format = \"xml\"\n", "daemon.log_format: must be one of"),
         ("[upstream]\ntarget = \"nowhere\"\n", "upstream.target: must be \"embedded\" or \"host:port\""),
         ("[http]\nlisten = \"localhost\"\n", "http.listen: 'localhost' is not HOST:PORT"),
@@ -91,10 +94,10 @@ def test_not_toml_and_missing_file(tmp_path: Path) -> None:
 
 def test_good_values_and_int_for_float() -> None:
     cfg = parse_config({"policy": {"spoofed_threshold": 1},
-                        "upstream": {"target": "streaming.behavioralsignals.com:443", "tls": True},
+                        "upstream": {"target": "streaming.behavioralsignals.com:443", "tls": "on"},
                         "webhook": [{"url": "https://h/x", "events": ["call.summary"]}]})
     assert cfg.policy.spoofed_threshold == 1.0 and isinstance(cfg.policy.spoofed_threshold, float)
-    assert cfg.upstream.tls and cfg.webhook[0].events == ["call.summary"]
+    assert cfg.upstream.tls == "on" and cfg.webhook[0].events == ["call.summary"]
     with pytest.raises(AttributeError):
         cfg.policy.spoofed_threshold = 0.3  # type: ignore[misc]
 

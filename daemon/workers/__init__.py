@@ -1,0 +1,1 @@
+"""More than one worker process on one host: a supervisor that owns no call (see plan.py)."""
