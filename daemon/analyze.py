@@ -13,7 +13,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="WAV file (16-bit PCM, any rate, mono or stereo)")
     p.add_argument("--upstream", metavar="HOST:PORT",
                    help="BehavioralStreamingApi target (default: embedded simulator)")
-    p.add_argument("--tls", action="store_true", help="use TLS to --upstream (streaming.behavioralsignals.com:443)")
+    p.add_argument("--tls", action="store_true", help="force TLS to --upstream (default: TLS unless it is loopback)")
     p.add_argument("--realtime", action="store_true", help="pace the audio in real time instead of as fast as possible")
     p.add_argument("--level", choices=("all", "segment", "utterance"), default="all", help="result level to ask for")
     p.add_argument("--timeout-s", type=float, default=30.0, help="wait this long for final results (default 30)")
@@ -48,7 +48,7 @@ async def analyze(args: argparse.Namespace) -> int:
     from daemon.config import SimulatorConfig, UpstreamConfig, UpstreamCredentials, upstream_credentials
     from daemon.model import AudioFormat, Codec, DeepfakeResult, LegRef
     from daemon.ops.metrics import Metrics
-    from daemon.upstream.channels import ChannelPool
+    from daemon.upstream.channels import ChannelPool, use_tls
     from daemon.upstream.stream import LegStream
 
     try:
@@ -74,8 +74,9 @@ async def analyze(args: argparse.Namespace) -> int:
         port = await simulator.start("127.0.0.1:0")
         target = f"127.0.0.1:{port}"
         print("# upstream: embedded simulator (test double, marker-tone rule, not a detector)", file=sys.stderr)
-    upstream = dataclasses.replace(UpstreamConfig(), target=target, tls=args.tls, result_level=args.level)
-    pool = ChannelPool(target, tls=args.tls, size=1, keepalive_s=upstream.keepalive_s,
+    upstream = dataclasses.replace(UpstreamConfig(), target=target, tls="on" if args.tls else "auto",
+                                   result_level=args.level)
+    pool = ChannelPool(target, tls=use_tls(upstream, target), size=1, keepalive_s=upstream.keepalive_s,
                        max_streams_per_channel=upstream.max_streams_per_channel,
                        breaker_failures=upstream.breaker_failures, breaker_open_s=upstream.breaker_open_s,
                        clock=clock, metrics=metrics)

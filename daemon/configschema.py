@@ -103,7 +103,13 @@ def _build(cls: type[Any], table: Mapping[str, Any], section: str) -> Any:
     kwargs: dict[str, Any] = {}
     for name, value in table.items():
         where = f"{section}.{name}" if section else name
-        converted = _convert(value, hints[name], where)
+        try:
+            converted = _convert(value, hints[name], where)
+        except ConfigError as exc:
+            choices = fields[name].metadata.get("choices")
+            if choices is None:
+                raise
+            raise ConfigError(f"{exc} (allowed: {', '.join(map(repr, choices))})") from None
         _check_limits(converted, fields[name].metadata, where)
         kwargs[name] = converted
     return cls(**kwargs)

@@ -7,14 +7,42 @@ subchannel pool make each channel a separate TCP connection.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from daemon.clock import Clock
+from daemon.config import ConfigError, UpstreamConfig, parse_hostport
 from daemon.ops.metrics import Metrics
 from daemon.upstream.pb import api_pb2_grpc
+
+log = logging.getLogger("spoofwatch.upstream")
+
+
+def is_loopback(target: str) -> bool:
+    """Whether "host:port" names this machine (localhost or a loopback address)."""
+    try:
+        host, _ = parse_hostport(target)
+    except ValueError:
+        return False
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def use_tls(up: UpstreamConfig, target: str, *, embedded_tls: bool = False) -> bool:
+    """`[upstream] tls` resolved for `target`: "auto" is TLS for any target that is not loopback, and for
+    the embedded simulator when it serves TLS (`embedded_tls`)."""
+    if up.tls != "auto":
+        return up.tls == "on"
+    return embedded_tls or not is_loopback(target)
 
 
 class CircuitBreaker:
@@ -64,15 +92,35 @@ class PooledChannel:
 
 
 class ChannelPool:
+    """`tls` with the system's trusted CAs unless `ca_file` (PEM) names others; `tls_server_name` is the
+    name the certificate must carry when it is not the target's host. An unreadable `ca_file` raises
+    ConfigError; plaintext to a target that is not loopback logs a WARNING (the API key is in every message)."""
+
     def __init__(self, target: str, *, tls: bool, size: int, keepalive_s: float, max_streams_per_channel: int,
-                 breaker_failures: int, breaker_open_s: float, clock: Clock, metrics: Metrics) -> None:
+                 breaker_failures: int, breaker_open_s: float, clock: Clock, metrics: Metrics,
+                 ca_file: str = "", tls_server_name: str = "") -> None:
         self.target = target
+        self.tls = tls
         self.clock = clock
         self.metrics = metrics
         self.max_streams_per_channel = max_streams_per_channel
         self.channels: list[PooledChannel] = []
+        credentials: grpc.ChannelCredentials | None = None
+        if tls:
+            roots: bytes | None = None
+            if ca_file:
+                try:
+                    roots = Path(ca_file).read_bytes()
+                except OSError as exc:
+                    raise ConfigError(f"upstream.ca_file: cannot read {ca_file}: {exc.strerror}") from None
+            credentials = grpc.ssl_channel_credentials(roots)
+            log.info("upstream %s: TLS (trusting %s%s)", target, ca_file or "the system's CAs",
+                     f", certificate name {tls_server_name}" if tls_server_name else "")
+        elif not is_loopback(target):
+            log.warning("upstream %s: TLS is OFF for a target that is not loopback: the API key and the call audio "
+                        "cross the network in clear ([upstream] tls)", target)
         for i in range(size):
-            options = [
+            options: list[tuple[str, Any]] = [
                 ("grpc.use_local_subchannel_pool", 1),  # no sharing of connections between channels
                 ("spoofwatch.channel_index", i),  # distinct args: a distinct connection
                 ("grpc.keepalive_time_ms", int(keepalive_s * 1000)),
@@ -81,8 +129,10 @@ class ChannelPool:
                 ("grpc.http2.max_pings_without_data", 0),
                 ("grpc.max_receive_message_length", 16 * 1024 * 1024),
             ]
-            if tls:
-                channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(), options=options)
+            if credentials is not None:
+                if tls_server_name:
+                    options.append(("grpc.ssl_target_name_override", tls_server_name))
+                channel = grpc.aio.secure_channel(target, credentials, options=options)
             else:
                 channel = grpc.aio.insecure_channel(target, options=options)
             self.channels.append(PooledChannel(i, channel, api_pb2_grpc.BehavioralStreamingApiStub(channel),

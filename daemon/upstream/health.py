@@ -25,7 +25,7 @@ class UpstreamHealth:
 
     def observe(self, state: str, now: float) -> list[HealthChange]:
         """`state` is a LegStream state: "streaming" is a success, "retrying" a failure, "auth_failed"
-        a failure that will not heal by itself."""
+        and "tls_failed" failures that will not heal by themselves."""
         if state == "streaming":
             self.consecutive_failures = 0
             if not self.up:
@@ -36,6 +36,9 @@ class UpstreamHealth:
                 return [self._set(False, f"{self.consecutive_failures} consecutive stream failures")]
         elif state == "auth_failed" and self.up:
             return [self._set(False, "upstream refused the credentials (UNAUTHENTICATED): calls are not analysed")]
+        elif state == "tls_failed" and self.up:
+            return [self._set(False, "the TLS handshake with the upstream was refused (certificate not trusted or "
+                                     "name mismatch: see [upstream] ca_file, tls_server_name): calls are not analysed")]
         return []
 
     def _set(self, up: bool, detail: str) -> HealthChange:

@@ -1,7 +1,7 @@
 """A 30-second upstream outage in the middle of a call: the upstream (a standalone simulator process)
-is killed and restarted on the same port. The call survives, audio is replayed, verdicts still
-arrive, and upstream.degraded / upstream.recovered webhooks are sent. A wrong API key gives a clear
-error and no retry storm."""
+is killed and restarted on the same port (held by the test all along, so nothing else can take it). The
+call survives, audio is replayed, verdicts still arrive, and upstream.degraded / upstream.recovered
+webhooks are sent. A wrong API key gives a clear error and no retry storm."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import asyncio
 import os
 import socket
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +22,22 @@ pytestmark = pytest.mark.slow
 SIM_ENV = {"SPOOFWATCH_CID": "77", "SPOOFWATCH_API_KEY": "e2e-key"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+@pytest.fixture
+def held_port() -> Iterator[int]:
+    """A free loopback port held for the whole test (see reserve_port), for the simulator to (re)bind."""
+    with reserve_port() as held:
+        yield int(held.getsockname()[1])
+
+
+def reserve_port() -> socket.socket:
+    """A socket bound (never listening) with SO_REUSEADDR to a free loopback port, to hold for the whole test:
+    no other process can bind that port or get it as an ephemeral port meanwhile, while the simulator can
+    (gRPC sets SO_REUSEADDR on its listeners, and Linux lets two such sockets share a port as long as only
+    one listens), and again after it was killed. A port found free and bound later could be taken in between."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s
 
 
 async def start_simulator(port: int) -> asyncio.subprocess.Process:
@@ -39,10 +52,10 @@ async def start_simulator(port: int) -> asyncio.subprocess.Process:
     return proc
 
 
-async def test_call_survives_a_30_second_outage(tmp_path: Path) -> None:
+async def test_call_survives_a_30_second_outage(tmp_path: Path, held_port: int) -> None:
     speech, rate = read_wav(CLIPS / "speech_marked_16k.wav")
     clip = write_wav(tmp_path / "long.wav", np.tile(speech, 6), rate)  # 48 s
-    port = free_port()
+    port = held_port
     sim = await start_simulator(port)
     async with receiver() as hook:
         cfg = write_config(tmp_path / "c.toml", outbox=tmp_path / "o.sqlite3", webhook_url=hook.url,
@@ -72,8 +85,8 @@ async def test_call_survives_a_30_second_outage(tmp_path: Path) -> None:
     assert "upstream stream broke" in msgs and "upstream recovered" in msgs
 
 
-async def test_wrong_api_key_no_retry_storm_clear_error(tmp_path: Path) -> None:
-    port = free_port()
+async def test_wrong_api_key_no_retry_storm_clear_error(tmp_path: Path, held_port: int) -> None:
+    port = held_port
     sim = await start_simulator(port)
     async with receiver() as hook:
         cfg = write_config(tmp_path / "c.toml", outbox=tmp_path / "o.sqlite3", webhook_url=hook.url,

@@ -146,6 +146,7 @@ async def test_faults(simulator: SimulatorServer, marked_clip: Any) -> None:
     out, _ = await stream(simulator.target, messages)
     assert out == []  # every result dropped, the stream itself ends OK
     simulator.set_faults(drop_results_ratio=0.0, result_latency_ms=5)
+    simulator.keep_records = True  # finished streams and their audio are kept only when asked for
     out, _ = await stream(simulator.target, messages)
     assert len(results(out)) == 5
     record = simulator.streams[out[0].pid]
@@ -167,3 +168,41 @@ async def test_faults(simulator: SimulatorServer, marked_clip: Any) -> None:
                 [r async for r in call]
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE and needle in (err.value.details() or "")
         simulator.set_faults(**{fault: 0.0})
+
+
+async def test_records_are_not_kept_by_default(simulator: SimulatorServer, marked_clip: Any) -> None:
+    """A running daemon's embedded simulator keeps nothing per finished stream (no audio ever): only the
+    open streams are listed, for `streams_active`."""
+    import asyncio
+
+    pcm, _ = read_wav(marked_clip)
+    chunks = chunks_of(pcm)
+    assert not simulator.keep_records
+    half_sent = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def paused() -> AsyncIterator[pb.AudioStream]:
+        yield msg(config=CFG)
+        for i, c in enumerate(chunks):
+            if i == len(chunks) // 2:
+                half_sent.set()
+                await go_on.wait()
+            yield msg(c)
+
+    async with grpc.aio.insecure_channel(simulator.target) as channel:
+        call = pbg.BehavioralStreamingApiStub(channel).DeepfakeDetection(paused())
+        reading = asyncio.ensure_future(call.initial_metadata())
+        await half_sent.wait()
+        async with asyncio.timeout(10):
+            while not any(r.messages > len(chunks) // 2 for r in simulator.streams.values()):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # (polls the server's state: no event to await)
+        (open_record,) = simulator.streams.values()
+        assert simulator.streams_active == 1 and open_record.audio_bytes > 0 and open_record.chunks == []
+        go_on.set()
+        out = [r async for r in call]
+        await reading
+    assert results(out)
+    for _ in range(2):
+        out, _ = await stream(simulator.target, [msg(config=CFG)] + [msg(c) for c in chunks])
+        assert results(out)
+    assert simulator.streams_opened == 3 and simulator.streams == {} and simulator.streams_active == 0

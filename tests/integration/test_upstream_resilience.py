@@ -1,8 +1,8 @@
 """LegStream when upstream misbehaves, against the real grpc.aio simulator's fault injection:
 UNAVAILABLE and connection resets mid-call (reconnect, replay in order, never a chunk twice on one stream,
 results in call time), an outage of new streams (retrying, health degraded then recovered), a refused
-API key (no retry storm, loud error, audio counted as dropped), and stalls (nothing read while audio
-flows) versus legs that are merely idle."""
+API key (no retry storm, loud error, audio counted as dropped), and stalls (no result owed for voiced
+audio) versus legs that are merely idle (see also test_upstream_silence.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,12 @@ from tests.conftest import CLIPS, TEST_API_KEY, TEST_CID, read_wav
 
 FAST = dataclasses.replace(UpstreamConfig(), retry_initial_ms=20, retry_max_ms=200)
 CHUNK_S = 0.25
+
+
+@pytest.fixture(autouse=True)
+def keep_records(sim: SimulatorServer) -> None:
+    """These tests inspect what each finished stream received: ask the simulator to keep it."""
+    sim.keep_records = True
 
 
 def marked(n: int) -> list[bytes]:
@@ -230,7 +236,11 @@ async def test_wrong_api_key_fails_loudly_once(sim: SimulatorServer, caplog: pyt
             leg.stream.send_chunk(c, 0.0)
             await asyncio.sleep(0.05)
         await until(lambda: leg.stream.state == "auth_failed", timeout=5)
-        assert sim.streams_opened == 1
+        # A write racing the server's refusal can end the call as INTERNAL "Internal error from Core" (gRPC
+        # core's own status, grpc/grpc#36066: the client cannot see the real one); that stream is retried
+        # like any other failure, and the next one sees UNAUTHENTICATED. Only those retries are allowed.
+        internal = leg.value("spoofwatch_upstream_errors_total", {"code": "INTERNAL"})
+        assert sim.streams_opened == 1 + internal
         failed_drops = leg.value("spoofwatch_drops_total", {"ingest": "upstream", "reason": "upstream_failed"})
         for c in chunks[4:]:  # 2 s more of call audio
             leg.stream.send_chunk(c, 0.0)
@@ -238,17 +248,18 @@ async def test_wrong_api_key_fails_loudly_once(sim: SimulatorServer, caplog: pyt
         await leg.stream.finish(2)
     await leg.close()
 
-    assert sim.streams_opened == 1  # no retry storm
+    assert internal <= 2 and sim.streams_opened == 1 + internal  # no retry storm
     rec = next(iter(sim.streams.values()))
     assert rec.status_code is not None and rec.status_code.name == "UNAUTHENTICATED"
     assert leg.stream.state == "auth_failed" and not leg.stream.analysed and leg.results == []
     assert "UNAUTHENTICATED" in leg.stream.last_error
-    assert leg.states.count("auth_failed") == 1 and "retrying" not in leg.states
+    assert leg.states.count("auth_failed") == 1 and leg.states.count("retrying") == internal
     drops = leg.value("spoofwatch_drops_total", {"ingest": "upstream", "reason": "upstream_failed"})
     assert drops == failed_drops + len(chunks) - 4  # every later chunk is counted as dropped
-    assert leg.stream.chunks_sent + drops == len(chunks)  # and every chunk is either written or counted
+    replayed = leg.value("spoofwatch_upstream_replayed_chunks_total")
+    assert leg.stream.chunks_sent - replayed + drops == len(chunks)  # every chunk is either written or counted
     assert leg.value("spoofwatch_upstream_errors_total", {"code": "UNAUTHENTICATED"}) == 1
-    assert leg.value("spoofwatch_upstream_reconnects_total") == 0
+    assert leg.value("spoofwatch_upstream_reconnects_total") == internal
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and r.name == "spoofwatch.upstream"]
     assert len(errors) == 1 and "UNAUTHENTICATED" in errors[0].getMessage()
     assert "NOT analysed" in errors[0].getMessage() and getattr(errors[0], "call_id", None) == "call-9"
@@ -258,7 +269,7 @@ async def test_wrong_api_key_fails_loudly_once(sim: SimulatorServer, caplog: pyt
 # (d): stalls --------------------------------------------------------------------------------------
 
 async def test_stalled_stream_is_reopened(sim: SimulatorServer) -> None:
-    """The server takes the audio but holds every result back: nothing is read while audio flows."""
+    """The server takes the (voiced) audio but holds every result back: a result is owed and none comes."""
     leg = Leg(sim, upstream=dataclasses.replace(FAST, stall_timeout_s=0.5))
     chunks = marked(160)
     sim.set_faults(result_latency_ms=600_000)
@@ -287,19 +298,27 @@ def voiced(n: int) -> list[bytes]:
     return [raw[i * 8000:(i + 1) * 8000] for i in range(n)]
 
 
+async def idle_windows(leg: Leg, windows: int) -> None:
+    """Wait until the stall watch woke `windows` more times and found nothing owed (each wake-up ends
+    one stall window, so at least windows - 1 stall timeouts passed)."""
+    start = leg.stream.stall.checks
+    await until(lambda: leg.stream.stall.checks >= start + windows,
+                timeout=10 + 2 * windows * leg.stream.cfg.stall_timeout_s)
+
+
 async def test_idle_leg_longer_than_the_stall_timeout_is_not_broken(sim: SimulatorServer) -> None:
     """No audio at all for a while (a call set up before its media arrives, or a pause after audio that
     was answered) is not a stall: the stream must stay up and analyse the audio that follows."""
-    leg = Leg(sim, upstream=dataclasses.replace(FAST, stall_timeout_s=0.3))
+    leg = Leg(sim, upstream=dataclasses.replace(FAST, stall_timeout_s=1.0))
     chunks = voiced(32)
     leg.stream.start()
     await until(lambda: sim.streams_opened == 1)
-    await asyncio.sleep(1.0)  # > 3 stall timeouts before any audio
+    await idle_windows(leg, 3)  # ≥ 2 stall timeouts before any audio
     for c in chunks[:16]:
         leg.stream.send_chunk(c, 0.0)
         await asyncio.sleep(0.005)
     await until(lambda: len(leg.results) >= 2)  # 4 s answered: nothing pending
-    await asyncio.sleep(1.0)  # idle again
+    await idle_windows(leg, 3)  # idle again
     for c in chunks[16:]:
         leg.stream.send_chunk(c, 0.0)
         await asyncio.sleep(0.005)

@@ -29,6 +29,12 @@ FAST = dataclasses.replace(UpstreamConfig(), retry_initial_ms=20, retry_max_ms=2
 CHUNK = 8000
 
 
+@pytest.fixture(autouse=True)
+def keep_records(sim: SimulatorServer) -> None:
+    """These tests inspect what each finished stream received: ask the simulator to keep it."""
+    sim.keep_records = True
+
+
 def clip_chunks(name: str, n: int, first_index: int = 0) -> list[bytes]:
     """n distinct 250 ms chunks of a project clip (tiled); the first sample of each carries its index."""
     pcm, rate = read_wav(CLIPS / name)

@@ -24,6 +24,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-results-ratio", type=float, default=0.0, help="fault: share of results dropped")
     p.add_argument("--close-connection-after-s", type=float, default=0.0,
                    help="fault: reset each stream's connection after N s")
+    p.add_argument("--tls-cert", default="", metavar="PEM", help="serve TLS with this certificate (chain)")
+    p.add_argument("--tls-key", default="", metavar="PEM", help="private key of --tls-cert")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,7 +44,8 @@ def main(args: argparse.Namespace) -> int:
                      "utterance_end_silence_ms": args.utterance_end_silence_ms, "segment_s": args.segment_s,
                      "result_latency_ms": args.result_latency_ms, "unavailable_after_s": args.unavailable_after_s,
                      "refuse_new_streams": args.refuse_new_streams, "drop_results_ratio": args.drop_results_ratio,
-                     "close_connection_after_s": args.close_connection_after_s, "listen": args.listen}
+                     "close_connection_after_s": args.close_connection_after_s, "listen": args.listen,
+                     "tls_cert_file": args.tls_cert, "tls_key_file": args.tls_key}
         settings = parse_config({"simulator": {**dataclasses.asdict(base), **overrides}}, "command line").simulator
     except ConfigError as exc:
         print(f"spoofwatch simulator: {exc}", file=sys.stderr)
@@ -54,7 +57,7 @@ def main(args: argparse.Namespace) -> int:
         server = SimulatorServer(settings, cid=creds.cid, api_key=creds.api_key)
         try:
             port = await server.start(settings.listen)
-        except OSError as exc:
+        except (OSError, ConfigError) as exc:
             print(f"spoofwatch simulator: {exc}", file=sys.stderr)
             return 1
         host = settings.listen.rpartition(":")[0]

@@ -15,6 +15,11 @@ Protocol rules, each answered with the status a real gRPC server would use:
 Faults (settings, CLI flags, or `server.faults = dataclasses.replace(...)` from tests): delay per
 result, UNAVAILABLE after N s of a stream, refusing new streams (UNAVAILABLE), dropping a share of
 results, and closing the connection after N s (the stream ends with UNAVAILABLE "connection reset").
+
+TLS: with `tls_cert_file` / `tls_key_file` set the server speaks TLS only (to test the client's TLS).
+Records: `streams` holds a `StreamRecord` per open stream; finished ones (with the audio received,
+up to RECORD_CAP_BYTES each) are kept only when a test asks (`keep_records=True`): the embedded
+simulator of a running daemon keeps nothing per stream once the stream ended.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from typing import Any
 import grpc
 
 from daemon.clock import Clock, SystemClock
-from daemon.config import SimulatorConfig, parse_hostport
+from daemon.config import ConfigError, SimulatorConfig, parse_hostport
 from daemon.model import Level
 from daemon.upstream.pb import api_pb2, api_pb2_grpc
 from daemon.upstream.simulator.engine import SimResult, SimulatorEngine
@@ -40,7 +45,7 @@ from daemon.upstream.simulator.engine import SimResult, SimulatorEngine
 log = logging.getLogger("spoofwatch.simulator")
 
 SIMULATED_HEADER = ("x-spoofwatch-simulated", "marker-tone-rule")
-RECORD_CAP_BYTES = 4 * 1024 * 1024  # per stream, for tests; later audio is counted, not kept
+RECORD_CAP_BYTES = 4 * 1024 * 1024  # per kept stream, for tests; later audio is counted, not kept
 
 
 @dataclass(frozen=True)
@@ -114,7 +119,7 @@ class _Servicer(api_pb2_grpc.BehavioralStreamingApiServicer):  # type: ignore[mi
                     continue
                 audio = self._check_audio(msg, record.messages)
                 record.audio_bytes += len(audio)
-                if record.audio_bytes <= RECORD_CAP_BYTES:
+                if sim.keep_records and record.audio_bytes <= RECORD_CAP_BYTES:
                     record.chunks.append(audio)
                 for result in engine.feed(audio):
                     message_id = await self._send(context, record, result, message_id, logits)
@@ -129,6 +134,8 @@ class _Servicer(api_pb2_grpc.BehavioralStreamingApiServicer):  # type: ignore[mi
             record.done = True
             if record.status_code is None:
                 record.status_code = grpc.StatusCode.CANCELLED
+            if not sim.keep_records:
+                sim.streams.pop(pid, None)
         return
 
     def _check_auth(self, msg: api_pb2.AudioStream, n: int) -> None:
@@ -187,14 +194,16 @@ class _Servicer(api_pb2_grpc.BehavioralStreamingApiServicer):  # type: ignore[mi
 
 class SimulatorServer:
     def __init__(self, settings: SimulatorConfig, *, cid: int, api_key: str, clock: Clock | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, keep_records: bool = False) -> None:
         self.settings = settings
         self.cid = cid
         self.api_key = api_key
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.faults = Faults.from_settings(settings)
+        #: open streams, and the finished ones too (with their audio) when `keep_records`, for tests
         self.streams: dict[int, StreamRecord] = {}
+        self.keep_records = keep_records
         self.streams_opened = 0
         # pids are unique across restarts, as the real service's are
         self._pids = itertools.count(self.rng.randrange(10**6, 10**9))
@@ -232,19 +241,34 @@ class SimulatorServer:
 
     async def start(self, listen: str) -> int:
         host, port = parse_hostport(listen)
+        credentials = self._tls_credentials() if self.settings.tls_cert_file else None
         limit = self.settings.max_message_bytes + 4096
         self._server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                                 ("grpc.so_reuseport", 0),
                                                 ("grpc.http2.min_ping_interval_without_data_ms", 5000),
                                                 ("grpc.keepalive_permit_without_calls", 1)])
         api_pb2_grpc.add_BehavioralStreamingApiServicer_to_server(_Servicer(self), self._server)
-        bound = self._server.add_insecure_port(f"{host}:{port}")
+        if credentials is not None:
+            bound = self._server.add_secure_port(f"{host}:{port}", credentials)
+        else:
+            bound = self._server.add_insecure_port(f"{host}:{port}")
         if bound == 0:
             raise OSError(f"simulator cannot listen on {listen}")
         await self._server.start()
         self.port = bound
-        log.info("simulator listening on %s:%d (TEST DOUBLE: marker-tone rule, not a detector)", host, bound)
+        log.info("simulator listening on %s:%d%s (TEST DOUBLE: marker-tone rule, not a detector)", host, bound,
+                 " with TLS" if self.settings.tls_cert_file else "")
         return bound
+
+    def _tls_credentials(self) -> grpc.ServerCredentials:
+        pem: dict[str, bytes] = {}
+        for key, path in (("tls_cert_file", self.settings.tls_cert_file), ("tls_key_file", self.settings.tls_key_file)):
+            try:
+                with open(path, "rb") as f:
+                    pem[key] = f.read()
+            except OSError as exc:
+                raise ConfigError(f"simulator.{key}: cannot read {path}: {exc.strerror}") from None
+        return grpc.ssl_server_credentials([(pem["tls_key_file"], pem["tls_cert_file"])])
 
     def set_faults(self, **changes: Any) -> None:
         self.faults = dataclasses.replace(self.faults, **changes)
