@@ -4,7 +4,7 @@
   the supervisor, so none crosses a fork) with its own sd_notify socket, through which it reports READY,
   its private ports, STOPPING and a watchdog ping.
 - A worker that exits, or stops pinging for WORKER_WATCHDOG_S, is restarted with backoff (1 s doubling
-  to 30 s; reset after a minute up) without touching the others; its outbox partition is the same, so it
+  to 30 s, jittered; reset after a minute up) without touching the others; its outbox partition is the same, so it
   re-delivers its own pending events.
 - SIGTERM/SIGINT: STOPPING=1, /readyz 503, SIGTERM to every worker (each drains its calls and delivers its
   summaries), wait, exit. SIGHUP: the file is validated first, then every worker reloads it.
@@ -31,6 +31,8 @@ from pathlib import Path
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from daemon.config import Config, ConfigError, load_config, parse_hostport
+from daemon.configingest import websocket_enabled
+from daemon.ops.supervise import Backoff
 from daemon.ops.systemd import SdNotifier
 from daemon.workers.front import Front, WorkersView
 from daemon.workers.notify import NotifySocket, WorkerReport
@@ -41,9 +43,7 @@ log = logging.getLogger("spoofwatch.workers")
 
 WORKER_WATCHDOG_S = 20.0   # a worker pings every 10 s; one silent for 20 s is stuck and is restarted
 STARTUP_GRACE_S = 60.0     # time a new worker has to say READY=1
-BACKOFF_MIN_S = 1.0
-BACKOFF_MAX_S = 30.0
-STABLE_AFTER_S = 60.0      # a worker up this long starts its next backoff from the minimum again
+STABLE_AFTER_S = 60.0      # a worker up this long starts its next backoff from the shortest delay again
 
 
 @dataclass
@@ -53,7 +53,8 @@ class Worker:
     proc: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     restarts: int = 0
-    backoff_s: float = BACKOFF_MIN_S
+    #: 1 s doubling to 30 s, jittered so workers that die together do not restart in lockstep
+    backoff: Backoff = field(default_factory=lambda: Backoff(1.0, 30.0))
     exits: list[int] = field(default_factory=list)
 
     @property
@@ -116,16 +117,15 @@ class WorkerSupervisor:
                 return
             up_for = time.monotonic() - worker.started_at
             if up_for >= STABLE_AFTER_S:
-                worker.backoff_s = BACKOFF_MIN_S
-            log.error("worker %d exited with %s after %.1f s; restarting in %.1f s", worker.index, rc, up_for,
-                      worker.backoff_s)
+                worker.backoff.reset()
+            delay = worker.backoff.next_delay()
+            log.error("worker %d exited with %s after %.1f s; restarting in %.1f s", worker.index, rc, up_for, delay)
             try:
-                async with asyncio.timeout(worker.backoff_s):
+                async with asyncio.timeout(delay):
                     await self._stop.wait()
                 return  # stopping while waiting to restart
             except TimeoutError:
                 pass
-            worker.backoff_s = min(worker.backoff_s * 2, BACKOFF_MAX_S)
             worker.restarts += 1
             await self._spawn(worker)
 
@@ -178,8 +178,8 @@ class WorkerSupervisor:
             except ValueError as exc:
                 raise ConfigError(f"{self.cfg.source}: {exc}") from None
         self._warn_orphan_partitions()
-        if self.cfg.ingest.twilio.enabled:
-            placeholder, self.shared["twilio"] = reserve_shared_port(self.cfg.ingest.twilio.listen)
+        if websocket_enabled(self.cfg.ingest):  # Twilio and every websocket fork dialect: one shared listener
+            placeholder, self.shared["websocket"] = reserve_shared_port(self.cfg.ingest.websocket.listen)
             self._placeholders.append(placeholder)
         for i in range(self.count):
             notify = NotifySocket(str(Path(self._runtime_dir) / f"worker-{i}.sock"), WorkerReport(), time.monotonic)
@@ -193,6 +193,8 @@ class WorkerSupervisor:
         self.front = Front(self.cfg, view)
         ports = dict(await self.front.start())
         ports.update({name: parse_hostport(listen)[1] for name, listen in self.shared.items()})
+        if "websocket" in ports and self.cfg.ingest.twilio.enabled:
+            ports["twilio"] = ports["websocket"]
         log.info("supervisor: %d workers; public listeners %s", self.count, ports, extra={"ports": ports})
 
     def _warn_orphan_partitions(self) -> None:

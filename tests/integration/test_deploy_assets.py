@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from daemon.config import Config
 from daemon.ops.metrics import Metrics
+from daemon.workers.supervisor import WorkerSupervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "spoofwatch-dashboard.json"
@@ -24,7 +26,9 @@ PROMQL_WORDS = {"sum", "by", "rate", "increase", "histogram_quantile", "max", "m
 def exposed_names() -> set[str]:
     """Series names every family exports once it has samples (labelled families have none until used)."""
     suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum"), "info": ("_info",)}
-    return {f.name + sfx for f in Metrics().registry.collect() for sfx in suffixes.get(f.type, ("",))}
+    # the daemon's families, and the multi-worker supervisor's own (served in its merged /metrics)
+    families = [*Metrics().registry.collect(), *WorkerSupervisor(Config(), config_path=None, count=2).own_metrics()]
+    return {f.name + sfx for f in families for sfx in suffixes.get(f.type, ("",))}
 
 
 def metric_names(expr: str) -> set[str]:
