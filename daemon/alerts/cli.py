@@ -1,5 +1,8 @@
 """Inspect and repair the webhook outbox (the daemon may keep running: SQLite WAL allows it).
 
+With `[process] workers` above 1 each worker has its own partition beside the configured file
+(`<stem>-<n><suffix>`): every command reads and changes all of them. `--path FILE` picks one file.
+
     spoofwatch outbox [--config PATH] list [--state pending|delivered|dead|disabled] [--limit N] [--json]
     spoofwatch outbox [--config PATH] replay ID         (make one event deliverable again)
     spoofwatch outbox [--config PATH] replay --since TIME   (every dead/disabled event since TIME)
@@ -14,6 +17,7 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="PATH", help="config.toml whose [outbox] path to use (default: built-in)")
+    p.add_argument("--path", metavar="FILE", help="one outbox file (instead of the configured one and its partitions)")
     sub = p.add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
     lst = sub.add_parser("list", help="list deliveries, newest first")
     lst.add_argument("--state", choices=("pending", "delivered", "dead", "disabled"))
@@ -50,6 +54,7 @@ def main(args: argparse.Namespace) -> int:
     from daemon.clock import SystemClock
     from daemon.config import ConfigError, load_config
     from daemon.timefmt import iso
+    from daemon.workers.plan import outbox_partitions
 
     try:
         cfg = load_config(args.config)
@@ -60,36 +65,53 @@ def main(args: argparse.Namespace) -> int:
     state_dir = os.environ.get("STATE_DIRECTORY")
     if state_dir and not path.is_absolute():
         path = Path(state_dir.split(":")[0]) / path
-    if not path.exists():
-        print(f"spoofwatch outbox: no outbox at {path}", file=sys.stderr)
+    paths = [Path(args.path)] if args.path else outbox_partitions(path)
+    if not paths or not all(p.exists() for p in paths):
+        print(f"spoofwatch outbox: no outbox at {args.path or path}", file=sys.stderr)
         return 2
-    outbox = Outbox(path, SystemClock())
+    outboxes = [Outbox(p, SystemClock()) for p in paths]
     try:
         if args.outbox_command == "list":
-            rows = outbox.list_deliveries(args.state, max(1, args.limit))
+            limit = max(1, args.limit)
+            rows = []
+            for p, outbox in zip(paths, outboxes, strict=True):
+                for r in outbox.list_deliveries(args.state, limit):
+                    r["outbox"] = p.name
+                    rows.append(r)
+            rows = sorted(rows, key=lambda r: r["created_at"], reverse=True)[:limit]
             for r in rows:
                 r["url"] = redact_url(r["url"]) if r["url"] else r["url"]  # webhook URLs often carry a token
                 if args.json:
                     print(json.dumps(r))
                 else:
                     when = iso(r["created_at"])
+                    where = f"  [{r['outbox']}]" if len(paths) > 1 else ""
                     print(f"{r['event_id']}  {r['type']:<20} {r['state']:<9} attempts={r['attempts']:<3} "
-                          f"{when}  {r['url'] or r['endpoint']}  {r['last_error'] or ''}")
-            counts = outbox.counts()
-            print(" ".join(f"{k}={v}" for k, v in counts.items()), file=sys.stderr)
+                          f"{when}  {r['url'] or r['endpoint']}  {r['last_error'] or ''}{where}")
+            totals: dict[str, int] = {}
+            for outbox in outboxes:
+                for k, v in outbox.counts().items():
+                    totals[k] = totals.get(k, 0) + v
+            print(" ".join(f"{k}={v}" for k, v in totals.items()), file=sys.stderr)
             return 0
         if args.outbox_command == "replay":
             if bool(args.event_id) == bool(args.since):
                 print("spoofwatch outbox replay: give an event id or --since TIME", file=sys.stderr)
                 return 2
-            n = outbox.replay(args.event_id) if args.event_id else outbox.replay_since(parse_time(args.since))
+            if args.event_id:
+                n = sum(outbox.replay(args.event_id) for outbox in outboxes)
+            else:
+                since = parse_time(args.since)
+                n = sum(outbox.replay_since(since) for outbox in outboxes)
             print(f"{n} deliveries pending again (a running daemon sends them within 30 s)")
             return 0 if n else 1
-        n = outbox.purge_delivered_before(parse_time(args.delivered_before))
+        before = parse_time(args.delivered_before)
+        n = sum(outbox.purge_delivered_before(before) for outbox in outboxes)
         print(f"{n} delivered events purged")
         return 0
     except ValueError as exc:
         print(f"spoofwatch outbox: {exc}", file=sys.stderr)
         return 2
     finally:
-        outbox.close()
+        for outbox in outboxes:
+            outbox.close()

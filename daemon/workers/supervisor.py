@@ -204,9 +204,13 @@ class WorkerSupervisor:
         state_dir = self.environ.get("STATE_DIRECTORY")
         if state_dir and not path.is_absolute():
             path = Path(state_dir.split(":")[0]) / path
-        for part in outbox_partitions(path)[self.count + (1 if path.exists() else 0):]:
-            log.warning("outbox partition %s belongs to no worker (workers = %d): deliver it with "
-                        "`spoofwatch outbox replay --path %s` or raise workers", part, self.count, part)
+        for part in outbox_partitions(path):
+            index = part.stem[len(path.stem) + 1:]
+            if part == path or int(index) >= self.count:
+                log.warning("outbox file %s belongs to no worker (workers = %d): events still pending there are "
+                            "delivered only by a daemon using it (run `spoofwatch run` with [outbox] path set to it "
+                            "until `spoofwatch outbox --path %s list --state pending` is empty)", part, self.count,
+                            part)
 
     async def _supervise(self) -> None:
         """Status, worker watchdog, and systemd's watchdog: once a second."""

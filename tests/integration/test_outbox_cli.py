@@ -64,3 +64,26 @@ def test_missing_outbox_and_bad_config(tmp_path: Path) -> None:
     cfg.write_text("[outbox]\npaht = 1\n")
     res = cli(cfg, "list")
     assert res.returncode == 2 and "unknown key 'paht'" in res.stderr
+
+
+def test_every_worker_partition_is_read_and_path_picks_one(tmp_path: Path) -> None:
+    """`[process] workers = 2` leaves outbox-0 and outbox-1 beside the configured file: list shows both,
+    replay finds an event in whichever holds it, `--path` reads one file."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n')
+    ep = Endpoint.from_config(WebhookConfig(url="http://127.0.0.1:9/x?token=secret"))
+    ids = []
+    for n in (0, 1):
+        ob = Outbox(tmp_path / f"outbox-{n}.sqlite3", SystemClock())
+        ob.register_endpoints([ep])
+        ids.append(ob.add("call.summary", {"worker": n}, endpoints=[ep], occurred_at=1_700_000_000.0 + n))
+        ob.close()
+    res = cli(cfg, "list", "--json")
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [(r["event_id"], r["outbox"]) for r in rows] == [(ids[1], "outbox-1.sqlite3"), (ids[0], "outbox-0.sqlite3")]
+    assert "pending=2" in res.stderr and all("secret" not in r["url"] for r in rows)
+    assert cli(cfg, "replay", ids[1]).returncode == 0  # found in the second partition
+    one = subprocess.run([sys.executable, "-m", "daemon.cli", "outbox", "--path", str(tmp_path / "outbox-0.sqlite3"),
+                          "list", "--json"], capture_output=True, text=True)
+    assert one.returncode == 0 and [json.loads(line)["event_id"] for line in one.stdout.splitlines()] == [ids[0]]
