@@ -2,7 +2,7 @@
 
 - `[http] listen`: /metrics (every worker's exposition merged, plus the supervisor's own), /healthz
   (200 only when every worker is up and healthy), /readyz (200 while the host accepts calls: not
-  stopping, at least one worker ready);
+  stopping, at least one worker ready), and the live operator page over every worker (live_front.py);
 - `[ingest.rtp] control_listen`: POST allocates on the worker with the most free ports and answers with
   that worker's ports; DELETE goes to the worker that owns the call; GET lists every worker's sessions;
 - `[ingest.whip] listen`: POST goes to the next ready worker, and its `Location` gets the worker's index
@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import Metric
 
 from daemon.config import Config, parse_hostport
+from daemon.workers.live_front import LiveFront, public_whip
 from daemon.workers.merge import merge_expositions
 
 log = logging.getLogger("spoofwatch.workers")
@@ -73,6 +74,9 @@ class Front:
         ops.router.add_get("/metrics", self._metrics)
         ops.router.add_get("/healthz", self._healthz)
         ops.router.add_get("/readyz", self._readyz)
+        whip_cfg = getattr(self.cfg.ingest, "whip", None)
+        LiveFront(self._session, lambda: self.view.with_port("http"),
+                  lambda: public_whip(whip_cfg, self.ports.get("whip"))).add_to(ops)
         self.ports["http"] = await self._serve(ops, self.cfg.http.listen)
         if self.cfg.ingest.rtp.enabled:
             rtp = web.Application()
@@ -87,6 +91,10 @@ class Front:
             whip.router.add_route("*", whip_cfg.path + "/{tail:.*}", self._whip)
             self.ports["whip"] = await self._serve(whip, whip_cfg.listen)
         return self.ports
+
+    def _session(self) -> aiohttp.ClientSession:
+        assert self._client is not None
+        return self._client
 
     async def _serve(self, app: web.Application, listen: str) -> int:
         host, port = parse_hostport(listen)

@@ -73,13 +73,14 @@ def rtp_slice(port_min: int, port_max: int, index: int, count: int) -> tuple[int
 
 def worker_config(cfg: Config, index: int, count: int, shared: Mapping[str, str] | None = None) -> Config:
     """The config worker `index` of `count` runs with. With one worker, the config itself. `shared`: the
-    concrete HOST:PORT the supervisor reserved for each shared listener (`twilio`), so that a configured
-    port 0 means one port for every worker."""
+    concrete HOST:PORT the supervisor reserved for each shared listener (`websocket`: every websocket
+    dialect), so that a configured port 0 means one port for every worker."""
     if count == 1:
         return cfg
     ingest = cfg.ingest
-    if shared and "twilio" in shared:
-        ingest = dataclasses.replace(ingest, twilio=dataclasses.replace(ingest.twilio, listen=shared["twilio"]))
+    if shared and "websocket" in shared:
+        ingest = dataclasses.replace(ingest, websocket=dataclasses.replace(ingest.websocket,
+                                                                           listen=shared["websocket"]))
     lo, hi = rtp_slice(ingest.rtp.port_min, ingest.rtp.port_max, index, count)
     rtp = dataclasses.replace(ingest.rtp, port_min=lo, port_max=hi, control_listen=PRIVATE_LISTEN)
     changes: dict[str, object] = {"rtp": rtp}

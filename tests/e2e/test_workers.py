@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -154,6 +155,7 @@ async def test_two_workers_restart_metrics_rtp_pending_and_drain(tmp_path: Path)
             # 5. SIGTERM to the supervisor: every worker drains, every summary is delivered
             calls = asyncio.create_task(run_calls(url, 4, "--ramp-s", "0.5"))
             await poll(lambda: active(host, 4), 30, "4 calls in progress")
+            await live_page_shows_every_worker(host)
             daemon.proc.send_signal(signal.SIGTERM)
             daemon.proc.send_signal(signal.SIGTERM)  # a second SIGTERM (preStop, then the kubelet) changes nothing
             await calls
@@ -170,6 +172,33 @@ async def test_two_workers_restart_metrics_rtp_pending_and_drain(tmp_path: Path)
             daemon.kill()
             with contextlib.suppress(Exception):
                 await daemon.stop(timeout=10)
+
+
+async def live_page_shows_every_worker(host: Host) -> None:
+    """The supervisor's live page: one host, the calls of both workers, in the state and the stream."""
+    async with host.http.get(host.base + "/") as resp:
+        assert resp.status == 200 and "spoofwatch" in await resp.text()
+    per_worker = [{c["call_id"] for c in await worker_state(host, i) if c["state"] != "finished"} for i in (0, 1)]
+    async with host.http.get(host.base + "/api/state") as resp:
+        merged = await resp.json()
+    live = {c["call_id"] for c in merged["calls"] if c["state"] != "finished"}
+    assert merged["workers"] == 2 and live >= per_worker[0] | per_worker[1]
+    async with host.http.get(host.base + "/api/events") as resp:
+        event = ""
+        async for raw in resp.content:
+            line = raw.decode().strip()
+            if line.startswith("event:"):
+                event = line[6:].strip()
+            elif line.startswith("data:") and event == "state":
+                streamed = json.loads(line[5:])
+                assert {c["call_id"] for c in streamed["calls"]} >= per_worker[0] | per_worker[1]
+                break
+
+
+async def worker_state(host: Host, index: int) -> list[dict[str, Any]]:
+    port = (await host.workers())[index]["ports"]["http"]
+    async with host.http.get(f"http://127.0.0.1:{port}/api/state") as resp:
+        return list((await resp.json())["calls"])
 
 
 async def both_busy(host: Host) -> bool:
