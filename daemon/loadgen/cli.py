@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     whip.add_arguments(p)
     p.set_defaults(_loadgen_main=whip.main)
+    from daemon.loadgen import forks_cli
+
+    for dialect, help_text in forks_cli.DIALECTS.items():  # the media-fork dialects (issue 14)
+        p = sub.add_parser(dialect, help=help_text, description=(forks_cli.__doc__ or "").strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        forks_cli.add_arguments(p, dialect)
+        p.set_defaults(_loadgen_main=forks_cli.main)
 
 
 def main(args: argparse.Namespace) -> int:
