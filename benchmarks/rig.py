@@ -1,6 +1,7 @@
 """One measured point of the capacity rig: a daemon on CPU 0, its upstream simulator and a load
-generator on CPU 1, N concurrent calls of one ingest (twilio or rtp), every call carrying the marked
-clip (so every call alerts and a webhook receiver answers 204 at once).
+generator on CPU 1, N concurrent calls of one ingest (twilio, rtp or whip: aiortc publishers sending
+pre-encoded Opus over DTLS-SRTP), every call carrying the marked clip (so every call alerts and a
+webhook receiver answers 204 at once).
 
 Everything is read from outside the daemon: its own histograms over /metrics (chunk, result and alert
 latency, GC pauses), /proc for its CPU and RSS, the load generator's summary for what it sent and how
@@ -11,6 +12,8 @@ late, and the CPU of the rig itself (load generator from getrusage of reaped chi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import re
 import resource
@@ -24,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import (
+    CREDS,
     ROOT,
     buckets,
     cpu_seconds,
@@ -48,14 +52,14 @@ RTP_PORT_BASE = 20000
 
 @dataclass
 class PointOptions:
-    ingest: str  # "twilio" or "rtp"
+    ingest: str  # "twilio", "rtp" or "whip"
     calls: int
     seconds: float = 24.0  # each call's length (twilio: the 8 s clip repeated to cover it)
-    ramp_s: float = 5.0  # twilio: starts spread over this; rtp spreads starts over 13 ticks itself
+    ramp_s: float = 5.0  # twilio, whip: starts spread over this; rtp spreads starts over 13 ticks itself
     track: str = "inbound"  # twilio: inbound or both
     clip: str = "marked"  # marked: every call alerts; clean: none do
     channels: int = 2
-    loadgen_procs: int = 1
+    loadgen_procs: int = 1  # twilio, whip: calls split over this many load generator processes
     outbox_sync: str = "full"
     webhook: bool = True
     pin: bool = True
@@ -82,8 +86,16 @@ max_streams_per_channel = 1000
 path = "{outbox}"
 synchronous = "{o.outbox_sync}"
 """
+    if o.ingest == "whip":  # its own port, never the default 8081 another daemon on the machine may hold
+        return cfg + """[ingest.twilio]
+enabled = false
+[ingest.whip]
+listen = "127.0.0.1:0"
+max_calls = 5000
+""" + _webhook(o, hook_port)
+    cfg += "[ingest.whip]\nenabled = false\n"
     if o.ingest == "twilio":
-        cfg += '[ingest.twilio]\nlisten = "127.0.0.1:0"\nmax_calls = 5000\n'
+        cfg += '[ingest.websocket]\nlisten = "127.0.0.1:0"\n[ingest.twilio]\nmax_calls = 5000\n'
     else:
         cfg += f"""[ingest.twilio]
 enabled = false
@@ -97,9 +109,13 @@ inactivity_timeout_ms = 2000
 datagram_max_bytes = {o.rtp_max_bytes}
 control_listen = "127.0.0.1:0"
 """
-    if o.webhook:
-        cfg += f'[[webhook]]\nurl = "http://127.0.0.1:{hook_port}/hook"\nsecret_env = "BENCH_WEBHOOK_SECRET"\n'
-    return cfg
+    return cfg + _webhook(o, hook_port)
+
+
+def _webhook(o: PointOptions, hook_port: int) -> str:
+    if not o.webhook:
+        return ""
+    return f'[[webhook]]\nurl = "http://127.0.0.1:{hook_port}/hook"\nsecret_env = "BENCH_WEBHOOK_SECRET"\n'
 
 
 def long_clip(src: Path, seconds: float, dst: Path) -> Path:
@@ -139,6 +155,10 @@ def children_cpu_s() -> float:
 
 def loadgen_commands(o: PointOptions, work: Path, ports: dict[str, int]) -> list[list[str]]:
     base = [sys.executable, "-m", "daemon.cli", "loadgen"]
+    if o.ingest == "whip":  # the loadgen loops the 8 s clip itself (token: $SPOOFWATCH_WHIP_TOKEN)
+        url = f"http://127.0.0.1:{ports['whip']}/whip"
+        return [[*base, "whip", "--url", url, "--calls", str(n), "--clip", o.clip, "--duration-s", str(o.seconds),
+                 "--ramp-s", str(o.ramp_s)] for n in _split(o.calls, o.loadgen_procs)]
     if o.ingest == "rtp":
         clip = long_clip(ROOT / f"daemon/clips/speech_{o.clip}_16k.wav", o.seconds, work / f"{o.clip}.wav")
         return [[*base, "rtp", "--port-base", str(RTP_PORT_BASE), "--calls", str(o.calls), "--clip", str(clip),
@@ -147,8 +167,7 @@ def loadgen_commands(o: PointOptions, work: Path, ports: dict[str, int]) -> list
     clean = long_clip(ROOT / "daemon/clips/speech_clean_16k.wav", o.seconds, work / "clean.wav")
     url = f"ws://127.0.0.1:{ports['twilio']}/twilio"
     cmds = []
-    for i in range(o.loadgen_procs):
-        n = o.calls // o.loadgen_procs + (1 if i < o.calls % o.loadgen_procs else 0)
+    for n in _split(o.calls, o.loadgen_procs):
         cmd = [*base, "twilio", "--url", url, "--calls", str(n), "--clip", str(marked), "--track", o.track,
                       "--ramp-s", str(o.ramp_s)]
         if o.track == "both":
@@ -157,10 +176,66 @@ def loadgen_commands(o: PointOptions, work: Path, ports: dict[str, int]) -> list
     return cmds
 
 
+def _split(calls: int, procs: int) -> list[int]:
+    """`calls` over `procs` load generator processes (none empty)."""
+    procs = max(1, min(procs, calls))
+    return [calls // procs + (1 if i < calls % procs else 0) for i in range(procs)]
+
+
+def scan_whip_sessions(log: list[str], peaks: dict[str, int]) -> None:
+    """Each WHIP session's `track_queue_peak` (the longest aiortc track queue its reader found: how far
+    the daemon's readers fell behind decoding) from the daemon's "whip session ended" log lines. The
+    rig keeps only the last 200 log lines, so this is scanned at every poll and may miss a few."""
+    for line in log:
+        if '"whip session ended"' in line:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                rec = json.loads(line)
+                peaks[str(rec["whip_session"])] = int(rec["track_queue_peak"])
+
+
+async def whip_warmup(cmd: list[str], pin_cpu: int | None) -> None:
+    """One short WHIP call before the point: the daemon imports aiortc and PyAV's codecs at its first
+    offer, which would otherwise count as RSS per call."""
+    args = list(cmd)
+    for flag, value in (("--calls", "1"), ("--duration-s", "1"), ("--ramp-s", "0")):
+        args[args.index(flag) + 1] = value
+    proc = await asyncio.create_subprocess_exec(*args, cwd=str(ROOT), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT)
+    if pin_cpu is not None:
+        await pin(proc.pid, pin_cpu)
+    try:
+        async with asyncio.timeout(60):
+            out, _ = await proc.communicate()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError("WHIP warm-up call failed:\n" + out.decode(errors="replace")[-2000:])
+
+
+async def calls_ended(http: int, expected: float, timeout_s: float = 120.0) -> None:
+    """Until every call's summary is committed (final results are in), or, when some calls never
+    started (refused, or a publisher that could not connect), until no call is active and the count
+    stood still for 3 s; the row then warns about the calls that did not alert."""
+    still, last = 0, -1.0
+    async with asyncio.timeout(timeout_s):
+        while True:
+            text = scrape(http)
+            ended = sum(v for _, v in samples(text, "spoofwatch_calls_total"))
+            active = sum(v for _, v in samples(text, "spoofwatch_calls_active"))
+            still = still + 1 if ended == last and not active else 0
+            if ended >= expected or still >= 6:
+                return
+            last = ended
+            await asyncio.sleep(0.5)
+
+
 async def run_point(o: PointOptions, work: Path) -> dict[str, Any]:
     """Run one point; returns the table row (see `ROW_KEYS`) plus details."""
     os.environ["BENCH_WEBHOOK_SECRET"] = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
     os.environ["TWILIO_AUTH_TOKEN"] = TWILIO_AUTH_TOKEN
+    os.environ["SPOOFWATCH_WHIP_TOKEN"] = CREDS["SPOOFWATCH_WHIP_TOKEN"]  # what `loadgen whip` sends
     if o.pin and hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
         os.sched_setaffinity(0, {1})  # the webhook receiver and the scrapes stay off the daemon's CPU
     legs = 2 if o.ingest == "twilio" and o.track == "both" else 1
@@ -176,7 +251,13 @@ async def run_point(o: PointOptions, work: Path) -> dict[str, Any]:
             ports = daemon.info["ports"]
             http = ports["http"]
             cmds = loadgen_commands(o, work, ports)
+            if o.ingest == "whip":
+                await whip_warmup(cmds[0], pin_cpu=1 if o.pin else None)
+                async with asyncio.timeout(30):  # its call counted, so the count below starts after it
+                    while not sum(v for _, v in samples(scrape(http), "spoofwatch_calls_total")):  # noqa: ASYNC110
+                        await asyncio.sleep(0.2)
             before = scrape(http)
+            calls_before = sum(v for _, v in samples(before, "spoofwatch_calls_total"))
             rss0 = peak = rss_bytes(daemon.pid)
             cpu0, sim0 = cpu_seconds(daemon.pid), cpu_seconds(sim.pid)
             kids0, self0 = children_cpu_s(), time.process_time()
@@ -188,11 +269,17 @@ async def run_point(o: PointOptions, work: Path) -> dict[str, Any]:
                     await pin(g.pid, 1)
             waits = [asyncio.ensure_future(g.communicate()) for g in gens]
             cpu_trace: list[tuple[float, float]] = []
+            gen_trace: list[tuple[float, float]] = []  # the load generators' CPU, while all of them run
+            queue_peaks: dict[str, int] = {}
             prev, timeline = buckets(before, "spoofwatch_chunk_latency_seconds"), []
             while not all(w.done() for w in waits):
                 await asyncio.sleep(1.0 if o.timeline else 0.5)
                 peak = max(peak, rss_bytes(daemon.pid))
                 cpu_trace.append((time.monotonic(), cpu_seconds(daemon.pid)))
+                with contextlib.suppress(OSError, ValueError, IndexError):  # one has exited: /proc is gone
+                    gen_trace.append((time.monotonic(), sum(cpu_seconds(g.pid) for g in gens)))
+                if o.ingest == "whip":
+                    scan_whip_sessions(daemon.log, queue_peaks)
                 if o.timeline:  # per second: chunks, and how many took over 20 ms
                     now_b = buckets(scrape(http), "spoofwatch_chunk_latency_seconds")
                     d = diff_buckets(now_b, prev)
@@ -203,12 +290,11 @@ async def run_point(o: PointOptions, work: Path) -> dict[str, Any]:
             t_gen = time.monotonic()
             gen_out = "\n".join(w.result()[0].decode(errors="replace") for w in waits)
             kids1, sim1, self1 = children_cpu_s(), cpu_seconds(sim.pid), time.process_time()
-            async with asyncio.timeout(120):  # every call's summary committed: final results are in
-                while sum(v for _, v in samples(scrape(http), "spoofwatch_calls_total")) < o.calls:  # noqa: ASYNC110
-                    await asyncio.sleep(0.5)
+            await calls_ended(http, calls_before + o.calls)
             cpu1, t1 = cpu_seconds(daemon.pid), time.monotonic()
             await asyncio.sleep(2.0)  # let the last webhooks land
             after = scrape(http)
+            scan_whip_sessions(daemon.log, queue_peaks)
         finally:
             await stop(daemon)
             await stop(sim)
@@ -225,13 +311,24 @@ async def run_point(o: PointOptions, work: Path) -> dict[str, Any]:
     result, gc_pause = hist("spoofwatch_result_latency_seconds"), hist("spoofwatch_gc_pause_seconds")
     gen_wall = max(t_gen - t0, 1e-9)
     # daemon CPU in the steady state: all calls up (after the ramp) until the first ones end
-    lo, hi = t0 + (o.ramp_s if o.ingest == "twilio" else 0.3) + 2.0, t0 + o.seconds - 1.0
+    lo, hi = t0 + (o.ramp_s if o.ingest in ("twilio", "whip") else 0.3) + 2.0, t0 + o.seconds - 1.0
     mid = [(t, c) for t, c in cpu_trace if lo <= t <= hi]
+    gen_mid = [(t, c) for t, c in gen_trace if lo <= t <= hi]
     daemon_core = ((mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0]) if len(mid) > 2
                    else (cpu1 - cpu0) / (t1 - t0))
+    whip: dict[str, Any] = {}
     if o.ingest == "rtp":
         sent = _sum_lines(gen_out, "packets sent")
         received = count("spoofwatch_frames_received_total", ingest="rtp") - o.calls  # one RTCP BYE per stream
+    elif o.ingest == "whip":
+        # the clip's frames against all the daemon decoded (clip + some of the 15-frame silent tail: its
+        # jitter buffer holds the last few at DELETE), so a loss under the tail's length per call is hidden;
+        # `whip_unreceived_per_call` (every packet handed to aiortc − frames decoded) shows it
+        sent = _sum_lines(gen_out, "frames sent")
+        received = count("spoofwatch_frames_received_total", ingest="whip")
+        packets = _sum_lines(gen_out, "packets sent (clip + tail)")
+        whip = {"track_queue_peak": max(queue_peaks.values(), default=None), "whip_sessions_seen": len(queue_peaks),
+                "whip_packets_sent": packets, "whip_unreceived_per_call": (packets - received) / max(o.calls, 1)}
     else:
         sent = _sum_lines(gen_out, "frames sent")
         received = count("spoofwatch_frames_received_total", ingest="twilio")
@@ -265,8 +362,12 @@ async def run_point(o: PointOptions, work: Path) -> dict[str, Any]:
         "drops": count("spoofwatch_drops_total"), "gc_collections": gc_total,
         "gc_over_10ms": gc_total - next((c for le, c in gc_pause if abs(le - 0.01) < 1e-12), gc_total),
         "daemon_cpu_core_whole_run": (cpu1 - cpu0) / (t1 - t0),
+        # the load generators in the same steady state (no connection setup): what the rig's core carries
+        "loadgen_cpu_core_steady": ((gen_mid[-1][1] - gen_mid[0][1]) / (gen_mid[-1][0] - gen_mid[0][0])
+                                    if len(gen_mid) > 2 else None),
         "loadgen_errors": errors[:5],
         "timeline": " ".join(timeline),
+        **whip,
     }
 
 
@@ -278,6 +379,7 @@ ROW_KEYS: list[tuple[str, str, str]] = [
     ("rss_kib_per_call", "RSS KiB/call", "{:.0f}"), ("alert_p99_ms", "alert p99 ms", "{:.0f}"),
     ("loadgen_max_late_ms", "loadgen max late ms", "{:.1f}"), ("loadgen_p99_late_ms", "loadgen p99 late ms", "{:.0f}"),
     ("loadgen_cpu_core", "loadgen CPU", "{:.2f}"), ("simulator_cpu_core", "simulator CPU", "{:.2f}"),
+    ("track_queue_peak", "track queue peak", "{}"),
 ]
 
 

@@ -6,19 +6,45 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+from daemon.configforks import (
+    AsteriskWsIngestConfig,
+    AudioHookIngestConfig,
+    AudioSocketIngestConfig,
+    ExotelIngestConfig,
+    FreeswitchIngestConfig,
+    JambonzIngestConfig,
+    PlivoIngestConfig,
+    TelnyxIngestConfig,
+    VonageIngestConfig,
+    fork_checks,
+)
 from daemon.configschema import ConfigError, _meta, opt, parse_hostport
 
 
 @dataclass(frozen=True)
+class WebsocketIngestConfig:
+    """One listener for every websocket dialect (Twilio and the forks), each on its own path"""
+
+    listen: str = opt("127.0.0.1:8080", "HOST:PORT of the shared websocket server (port 0: any free port)")
+    max_frame_bytes: int = opt(65536, "largest websocket message accepted on any path (a bigger one closes "
+                               "that socket with 1009)", min=1024, max=16 * 1048576)
+
+
+@dataclass(frozen=True)
 class TwilioIngestConfig:
+    #: keys that moved out of this section: refused with where they went
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "listen": "moved to [ingest.websocket] listen (one listener serves every websocket dialect)",
+        "max_frame_bytes": "moved to [ingest.websocket] max_frame_bytes",
+    }
+
     enabled: bool = opt(True, "accept Twilio Media Streams (and SignalWire's compatible streams)")
-    listen: str = opt("127.0.0.1:8080", "HOST:PORT of the websocket server (port 0: any free port)")
-    path: str = opt("/twilio", "websocket path Twilio connects to")
+    path: str = opt("/twilio", "websocket path Twilio connects to (on [ingest.websocket] listen)")
     max_calls: int = opt(300, "concurrent Twilio streams; beyond it new upgrades get HTTP 503. Default: the "
                          "measured knee of one process on a 2-core VM, see benchmarks/README.md", min=1,
                          max=100000)
-    max_frame_bytes: int = opt(65536, "largest websocket message accepted", min=1024, max=16 * 1048576)
     validate_signature: bool = opt(True, "check X-Twilio-Signature on the upgrade request (403 when bad or "
                                    "missing); on, the daemon does not start without the auth token")
     auth_token_env: str = opt("TWILIO_AUTH_TOKEN", "environment variable (or systemd credential) with the Twilio "
@@ -87,10 +113,54 @@ class WhipIngestConfig:
 
 
 @dataclass(frozen=True)
+class SiprecIngestConfig:
+    """SIPREC recording server (RFC 7866) for SBC/PBX recording sessions; media uses the [ingest.rtp] ports"""
+
+    enabled: bool = opt(False, "answer SIPREC recording sessions (INVITE with Require: siprec); needs [ingest.rtp]")
+    listen_udp: str = opt("127.0.0.1:5060", 'HOST:PORT of the SIP UDP listener ("": none; port 0: any free port)')
+    listen_tcp: str = opt("127.0.0.1:5060", 'HOST:PORT of the SIP TCP listener ("": none; port 0: any free port)')
+    listen_tls: str = opt("", 'HOST:PORT of the SIP-over-TLS listener ("": none), e.g. "0.0.0.0:5061"; needs '
+                          "tls_cert_path and tls_key_path (the media stays plain RTP)")
+    tls_cert_path: str = opt("", "PEM certificate chain of the TLS listener")
+    tls_key_path: str = opt("", "PEM private key of the TLS listener (a file readable by the daemon only)")
+    advertised_host: str = opt("", 'address put in our Contact and SDP answer ("": [ingest.rtp] listen_host); '
+                               "set it when the daemon is reached through NAT")
+    max_calls: int = opt(100, "concurrent recording sessions; beyond it an INVITE gets 503 with Retry-After",
+                         min=1, max=100000)
+    allowed_networks: list[str] = field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        metadata=_meta("CIDR networks SIP requests are taken from (the SBCs/PBXs that record); others get 403"))
+    session_timeout_s: float = opt(300.0, "a session with neither SIP requests nor RTP for this long ends (an SRC "
+                                   "that vanished without BYE); its ports are freed", min=5, max=86400)
+    t1_ms: int = opt(500, "RFC 3261 timer T1: our 200 OK is retransmitted over UDP at T1, 2·T1, … (capped at 4 s) "
+                     "until the ACK; Timer H gives up after 64·T1", min=100, max=5000)
+
+
+@dataclass(frozen=True)
 class IngestConfig:
+    websocket: WebsocketIngestConfig = field(default_factory=WebsocketIngestConfig)
     twilio: TwilioIngestConfig = field(default_factory=TwilioIngestConfig)
     rtp: RtpIngestConfig = field(default_factory=RtpIngestConfig)
     whip: WhipIngestConfig = field(default_factory=WhipIngestConfig)
+    telnyx: TelnyxIngestConfig = field(default_factory=TelnyxIngestConfig)
+    plivo: PlivoIngestConfig = field(default_factory=PlivoIngestConfig)
+    exotel: ExotelIngestConfig = field(default_factory=ExotelIngestConfig)
+    vonage: VonageIngestConfig = field(default_factory=VonageIngestConfig)
+    freeswitch: FreeswitchIngestConfig = field(default_factory=FreeswitchIngestConfig)
+    jambonz: JambonzIngestConfig = field(default_factory=JambonzIngestConfig)
+    asterisk_ws: AsteriskWsIngestConfig = field(default_factory=AsteriskWsIngestConfig)
+    audiohook: AudioHookIngestConfig = field(default_factory=AudioHookIngestConfig)
+    audiosocket: AudioSocketIngestConfig = field(default_factory=AudioSocketIngestConfig)
+    siprec: SiprecIngestConfig = field(default_factory=SiprecIngestConfig)
+
+
+#: every websocket fork dialect (its `[ingest.<name>]` section and the `ingest` label of its metrics)
+WEBSOCKET_FORKS = ("telnyx", "plivo", "exotel", "vonage", "freeswitch", "jambonz", "asterisk_ws", "audiohook")
+
+
+def websocket_enabled(ingest: IngestConfig) -> bool:
+    """Whether the shared websocket listener runs: Twilio or any websocket fork dialect is enabled."""
+    return ingest.twilio.enabled or any(getattr(ingest, name).enabled for name in WEBSOCKET_FORKS)
 
 
 def _hostport(value: str, where: str) -> None:
@@ -102,7 +172,7 @@ def _hostport(value: str, where: str) -> None:
 
 def ingest_checks(ingest: IngestConfig, *, http_listen: str) -> None:
     """Checks across the keys of the ingest sections; raises ConfigError naming the key."""
-    _hostport(ingest.twilio.listen, "ingest.twilio.listen")
+    _hostport(ingest.websocket.listen, "ingest.websocket.listen")
     _hostport(ingest.rtp.control_listen, "ingest.rtp.control_listen")
     if not ingest.twilio.path.startswith("/"):
         raise ConfigError("ingest.twilio.path: must start with '/'")
@@ -117,6 +187,34 @@ def ingest_checks(ingest: IngestConfig, *, http_listen: str) -> None:
     except CodecMapError as exc:
         raise ConfigError(f"ingest.rtp.dynamic_payload_types: {exc}") from None
     _whip_checks(ingest, http_listen)
+    _siprec_checks(ingest)
+    fork_checks(ingest.websocket.listen, ingest.twilio.path if ingest.twilio.enabled else "",
+                (ingest.telnyx, ingest.plivo, ingest.exotel, ingest.vonage, ingest.freeswitch, ingest.jambonz,
+                 ingest.asterisk_ws, ingest.audiohook), ingest.audiosocket, http_listen=http_listen)
+
+
+def _siprec_checks(ingest: IngestConfig) -> None:
+    import ipaddress
+
+    sip = ingest.siprec
+    for key in ("listen_udp", "listen_tcp"):
+        if getattr(sip, key):
+            _hostport(getattr(sip, key), f"ingest.siprec.{key}")
+    for net in sip.allowed_networks:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f'ingest.siprec.allowed_networks: {net!r} is not a CIDR network like "10.0.0.0/8"') \
+                from None
+    if sip.listen_tls:
+        _hostport(sip.listen_tls, "ingest.siprec.listen_tls")
+        if not (sip.tls_cert_path and sip.tls_key_path):
+            raise ConfigError("ingest.siprec.listen_tls: set tls_cert_path and tls_key_path too")
+    if sip.enabled and not (sip.listen_udp or sip.listen_tcp or sip.listen_tls):
+        raise ConfigError("ingest.siprec: enabled, but listen_udp, listen_tcp and listen_tls are all empty")
+    if sip.enabled and not ingest.rtp.enabled:
+        raise ConfigError("ingest.siprec: enabled, but its media goes through the RTP ingest: set [ingest.rtp] "
+                          "enabled = true (and open its port range to the recording client)")
 
 
 def _whip_checks(ingest: IngestConfig, http_listen: str) -> None:
@@ -134,7 +232,7 @@ def _whip_checks(ingest: IngestConfig, http_listen: str) -> None:
         except ValueError as exc:
             raise ConfigError(f'ingest.whip.stun_server: must be "" or "host:port": {exc}') from None
     if whip.enabled:
-        taken = {"ingest.twilio.listen": ingest.twilio.listen if ingest.twilio.enabled else "",
+        taken = {"ingest.websocket.listen": ingest.websocket.listen,
                  "http.listen": http_listen}
         for where, other in taken.items():
             if other and other == whip.listen and not other.endswith(":0"):

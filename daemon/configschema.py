@@ -97,6 +97,10 @@ def _build(cls: type[Any], table: Mapping[str, Any], section: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     unknown = sorted(set(table) - set(fields))
+    moved: Mapping[str, str] = getattr(cls, "MOVED_KEYS", {})  # keys a release moved: say where they went
+    for name in unknown:
+        if name in moved:
+            raise ConfigError(f"{section}.{name}: {moved[name]}")
     if unknown:
         allowed = ", ".join(sorted(fields))
         raise ConfigError(f"{section}: unknown key {unknown[0]!r} (allowed: {allowed})")

@@ -81,6 +81,9 @@ def worker_config(cfg: Config, index: int, count: int, shared: Mapping[str, str]
     if shared and "websocket" in shared:
         ingest = dataclasses.replace(ingest, websocket=dataclasses.replace(ingest.websocket,
                                                                            listen=shared["websocket"]))
+    if shared and "audiosocket" in shared:
+        ingest = dataclasses.replace(ingest, audiosocket=dataclasses.replace(ingest.audiosocket,
+                                                                             listen=shared["audiosocket"]))
     lo, hi = rtp_slice(ingest.rtp.port_min, ingest.rtp.port_max, index, count)
     rtp = dataclasses.replace(ingest.rtp, port_min=lo, port_max=hi, control_listen=PRIVATE_LISTEN)
     changes: dict[str, object] = {"rtp": rtp}

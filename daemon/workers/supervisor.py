@@ -181,6 +181,9 @@ class WorkerSupervisor:
         if websocket_enabled(self.cfg.ingest):  # Twilio and every websocket fork dialect: one shared listener
             placeholder, self.shared["websocket"] = reserve_shared_port(self.cfg.ingest.websocket.listen)
             self._placeholders.append(placeholder)
+        if self.cfg.ingest.audiosocket.enabled:  # AudioSocket's TCP listener is shared the same way
+            placeholder, self.shared["audiosocket"] = reserve_shared_port(self.cfg.ingest.audiosocket.listen)
+            self._placeholders.append(placeholder)
         for i in range(self.count):
             notify = NotifySocket(str(Path(self._runtime_dir) / f"worker-{i}.sock"), WorkerReport(), time.monotonic)
             await notify.open()

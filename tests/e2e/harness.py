@@ -114,7 +114,7 @@ final_results_timeout_s = 8.0
 [http]
 listen = "127.0.0.1:0"
 
-[ingest.twilio]
+[ingest.websocket]
 listen = "127.0.0.1:0"
 
 [ingest.whip]

@@ -136,7 +136,8 @@ def host_config(path: Path, *, outbox: Path, webhook_url: str) -> Path:
     write_config(path, outbox=outbox, webhook_url=webhook_url)
     text = path.read_text()
     for old, new in (('[http]\nlisten = "127.0.0.1:0"', f'[http]\nlisten = "0.0.0.0:{HTTP_PORT}"'),
-                     ('[ingest.twilio]\nlisten = "127.0.0.1:0"', f'[ingest.twilio]\nlisten = "0.0.0.0:{TWILIO_PORT}"'),
+                     ('[ingest.websocket]\nlisten = "127.0.0.1:0"',
+                      f'[ingest.websocket]\nlisten = "0.0.0.0:{TWILIO_PORT}"'),
                      ("[outbox]\n", "[outbox]\nretry_schedule_s = [0.5]\nmax_attempts = 1000\n")):
         assert old in text
         text = text.replace(old, new)

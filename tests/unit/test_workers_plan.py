@@ -41,11 +41,11 @@ def test_worker_config_moves_private_listeners_and_partitions_the_outbox() -> No
     cfg = parse_config({"ingest": {"rtp": {"enabled": True, "port_min": 20000, "port_max": 20999}},
                         "outbox": {"path": "/var/lib/spoofwatch/outbox.sqlite3"}})
     assert worker_config(cfg, 0, 1) is cfg
-    w1 = worker_config(cfg, 1, 2, {"twilio": "127.0.0.1:18080"})
+    w1 = worker_config(cfg, 1, 2, {"websocket": "127.0.0.1:18080"})
     assert w1.http.listen == "127.0.0.1:0"
     assert w1.ingest.rtp.control_listen == "127.0.0.1:0" and w1.ingest.whip.listen == "127.0.0.1:0"
     assert (w1.ingest.rtp.port_min, w1.ingest.rtp.port_max) == (20500, 20999)
-    assert w1.ingest.twilio.listen == "127.0.0.1:18080"
+    assert w1.ingest.websocket.listen == "127.0.0.1:18080"
     assert w1.outbox.path == "/var/lib/spoofwatch/outbox-1.sqlite3"
     assert w1.policy == cfg.policy and w1.upstream == cfg.upstream
 

@@ -1,5 +1,8 @@
 """Twilio Media Streams websocket server: the thin I/O shell around `TwilioStreamParser`.
 
+Served on the shared websocket listener (daemon.ingest.websocket.listener, `[ingest.websocket]
+listen`) as the route of `cfg.path`; `start()` alone (tests, tools) gives it a listener of its own.
+
 Per connection: upgrade (path, capacity and X-Twilio-Signature, unless turned off, checked in the handshake)
 → messages parsed → on `start` the call is admitted → each track is its own leg ("inbound",
 "outbound", PCMU 8 kHz), opened at its first media, never mixed → `stop` or socket close ends the
@@ -27,17 +30,18 @@ from __future__ import annotations
 import asyncio
 import http
 import logging
-import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
 from daemon.calls.api import CallAdmission, CallHandle, CallRefused, LegSink
 from daemon.clock import Clock
-from daemon.config import ConfigError, TwilioIngestConfig, parse_hostport, read_secret
+from daemon.config import ConfigError, TwilioIngestConfig, read_secret
+from daemon.configingest import WebsocketIngestConfig
 from daemon.ingest.twilio.protocol import (
     Dtmf,
     Gap,
@@ -50,6 +54,7 @@ from daemon.ingest.twilio.protocol import (
     TwilioStreamParser,
 )
 from daemon.ingest.twilio.signature import DEV_AUTH_TOKEN, SIGNATURE_HEADER, expected_url, signature_valid
+from daemon.ingest.websocket.listener import WebsocketListener
 from daemon.model import PCMU_8K, CallInfo
 from daemon.ops.metrics import Metrics
 
@@ -95,16 +100,22 @@ class TwilioIngest:
         clock: Clock,
         *,
         start_timeout_s: float = START_TIMEOUT_S,
+        max_frame_bytes: int = 65536,
+        listen: str = "127.0.0.1:0",
         reuse_port: bool = False,
     ) -> None:
         self.cfg = cfg
+        #: the shared listener's `max_size`; the parser's own bound on a text message
+        self.max_frame_bytes = max_frame_bytes
+        #: where `start()` listens when the ingest runs alone (the daemon uses the shared listener);
         #: SO_REUSEPORT: the workers of one host share the listener and the kernel spreads connections
-        self.reuse_port = reuse_port
+        self._own_listener = WebsocketListener(WebsocketIngestConfig(listen=listen, max_frame_bytes=max_frame_bytes),
+                                               reuse_port=reuse_port)
+        self._standalone = False
         self.admission = admission
         self.metrics = metrics
         self.clock = clock
         self.start_timeout_s = start_timeout_s
-        self._server: Server | None = None
         self._accepting = True
         self._token: str | None = None
         self._streams: set[_Stream] = set()
@@ -113,9 +124,9 @@ class TwilioIngest:
         self._frames_in = metrics.frames_in.labels(INGEST)  # resolved once: this is per media message
 
     # lifecycle ---------------------------------------------------------------------------------
-    async def start(self) -> int:
-        """Bind and listen; returns the bound port. Raises ConfigError when the signature check is on
-        but the auth token is missing."""
+    def prepare(self) -> None:
+        """Read the auth token (before the shared listener starts). Raises ConfigError when the
+        signature check is on but the auth token is missing."""
         if self.cfg.validate_signature:
             self._token = read_secret(self.cfg.auth_token_env)
             if not self._token:
@@ -129,40 +140,50 @@ class TwilioIngest:
                 log.warning("Twilio signatures are checked against the PUBLIC local development token (the "
                             "one `make run` sets): anyone can sign with it. Set %s to your Twilio auth token "
                             "before exposing %s", self.cfg.auth_token_env, self.cfg.path)
-        host, port = parse_hostport(self.cfg.listen)
-        self._server = await serve(
-            self._handle_connection,
-            host,
-            port,
-            process_request=self._process_request,
-            max_size=self.cfg.max_frame_bytes,
-            # Twilio sends small JSON frames; a compression context per socket would cost memory per call.
-            compression=None,
-            server_header=None,
-            reuse_port=self.reuse_port,
-        )
-        sock: socket.socket = self._server.sockets[0]
-        bound: int = sock.getsockname()[1]
-        log.info("twilio ingest listening on %s:%d%s", host, bound, self.cfg.path)
-        return bound
+
+    async def start(self) -> int:
+        """Run alone on a listener of its own; returns the bound port (the daemon instead calls
+        `prepare()` and adds this route to the shared listener)."""
+        self.prepare()
+        self._standalone = True
+        self._own_listener.add(self)
+        return await self._own_listener.start()
 
     def stop_accepting(self) -> None:
         """New upgrades get HTTP 503; streams already open go on until they stop or `close()`."""
         self._accepting = False
 
-    async def close(self, timeout: float = 5.0) -> None:
-        """End open calls (reason "shutdown"), close their sockets with 1001, wait for handlers."""
-        self._accepting = False
+    def end_all(self, reason: str) -> None:
         for stream in list(self._streams):
-            stream.end("shutdown")
-        if self._server is None:
-            return
-        self._server.close(close_connections=True)
-        try:
-            async with asyncio.timeout(timeout):
-                await self._server.wait_closed()
-        except TimeoutError:
-            log.warning("twilio ingest: %d sockets still open after %.1f s", len(self._streams), timeout)
+            stream.end(reason)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """End open calls (reason "shutdown"); alone, also close its sockets with 1001 and wait for
+        handlers (on the shared listener, the listener's `close()` does that)."""
+        self._accepting = False
+        self.end_all("shutdown")
+        if self._standalone:
+            await self._own_listener.close(timeout)
+
+    # WebsocketRoute ----------------------------------------------------------------------------
+    @property
+    def path(self) -> str:
+        return self.cfg.path
+
+    @property
+    def subprotocols(self) -> Sequence[str]:
+        return ()
+
+    @property
+    def compression(self) -> bool:
+        # Twilio sends small JSON frames; a compression context per socket would cost memory per call.
+        return False
+
+    def check_upgrade(self, connection: ServerConnection, request: Request) -> Response | None:
+        return self._process_request(connection, request)
+
+    async def handle(self, ws: ServerConnection) -> None:
+        await self._handle_connection(ws)
 
     @property
     def open_streams(self) -> int:
@@ -193,7 +214,7 @@ class TwilioIngest:
     async def _handle_connection(self, ws: ServerConnection) -> None:
         parser = TwilioStreamParser(
             gap_fill_max_s=self.cfg.gap_fill_max_ms / 1000,
-            max_message_chars=self.cfg.max_frame_bytes,
+            max_message_chars=self.max_frame_bytes,
         )
         stream = _Stream(ws, parser)
         self._streams.add(stream)

@@ -1,0 +1,1 @@
+"""Asterisk AudioSocket (TCP) ingest."""
