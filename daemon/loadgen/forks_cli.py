@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING
 
 from daemon.loadgen.forks_frames import Exotel, ForkDialect, Plivo, Telnyx, Vonage, mix
 from daemon.loadgen.forks_frames_pbx import ASTERISK_FORMATS, MIX_TYPES, AsteriskWs, AudioSocket, FreeSwitch, Jambonz
+from daemon.loadgen.twilio import load_clip
 
 if TYPE_CHECKING:
-    from daemon.loadgen.forks_frames import Pcm
     from daemon.loadgen.wsclient import LoadResult
 
 DIALECTS = {
@@ -34,25 +34,6 @@ DIALECTS = {
     "audiohook": "Genesys AudioHook v2 (RFC 9421 signed upgrade, open/ping/close)",
     "audiosocket": "Asterisk AudioSocket over TCP",
 }
-
-
-def load_clip(name: str, rate: int) -> Pcm:
-    """A 16-bit PCM WAV (path, or the bundled clean / marked), first channel, resampled to `rate`."""
-    import numpy as np
-    import soxr
-
-    from daemon.loadgen.twilio import clip_path
-
-    path = clip_path(name)
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
-        channels, clip_rate = w.getnchannels(), w.getframerate()
-        raw = w.readframes(w.getnframes())
-    samples = np.frombuffer(raw, dtype="<i2").reshape(-1, channels)[:, 0]
-    if clip_rate != rate:
-        samples = soxr.resample(samples, clip_rate, rate)
-    return np.ascontiguousarray(np.clip(samples, -32768, 32767), dtype=np.int16)
 
 
 def _param(value: str) -> tuple[str, str]:

@@ -27,13 +27,13 @@ import json
 import os
 import secrets
 import sys
-import time
 import wave
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.ingest.twilio.signature import DEV_AUTH_TOKEN, SIGNATURE_HEADER, twilio_signature, url_as_twilio_signs
-from daemon.loadgen.wsclient import FRAME_MS, CallSocket, LoadResult, MediaFrames, PacedCall, Pacer
+from daemon.loadgen.pacing import PacedCall, Pacer, failure_text, run_calls, verdict
+from daemon.loadgen.wsclient import FRAME_MS, CallSocket, LoadResult, MediaFrames, client_frame
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,7 +104,6 @@ async def _one_call(
     tracks: dict[str, bytes],
     *,
     frames: MediaFrames,
-    delay_s: float,
     pacer: Pacer,
     params: dict[str, str] | None,
     result: LoadResult,
@@ -122,39 +121,27 @@ async def _one_call(
                                     params=params)
     stop = json.dumps({"event": "stop", "sequenceNumber": str(frames.next_seq), "streamSid": stream_sid,
                        "stop": {"accountSid": "AC" + "0" * 32, "callSid": call_sid}})
-    if delay_s > 0:
-        await asyncio.sleep(delay_s)
     loop = asyncio.get_running_loop()
     uri = parse_uri(url)
     sock: CallSocket | None = None
     try:
+        if len(stream_sid) != frames.sid_len:
+            raise ValueError(f"streamSid must be {frames.sid_len} bytes, got {len(stream_sid)}")
         async with asyncio.timeout(10):
             _, sock = await loop.create_connection(lambda: CallSocket(url, headers), uri.host, uri.port)
             await sock.opened
         sock.send(opening)
-        call = PacedCall(sock, frames, stream_sid.encode(), stop, due0=loop.time())
-        pacer.add(call)
-        assert call.done is not None
+        call = PacedCall(sock, frames, stream_sid.encode(), loop.time(), stop=client_frame(stop.encode()))
         # the daemon closes after `stop` (or earlier, refusing or failing the call)
-        await asyncio.wait([call.done, sock.closed], return_when=asyncio.FIRST_COMPLETED)
-        if not call.done.done():
-            pacer.finish(call)
+        await pacer.play(call, sock.closed)
         try:
             async with asyncio.timeout(close_timeout_s):
                 await asyncio.shield(sock.closed)
         except TimeoutError:
             sock.close()  # the daemon did not close: do it ourselves
-        if sock.close_rcvd is not None and sock.close_rcvd[0] != 1000:
-            code, reason = sock.close_rcvd
-            result.errors.append(f"{call_sid}: closed by the daemon: {code} {reason}")
-        elif call.sent < frames.n:
-            result.errors.append(f"{call_sid}: connection lost after {call.sent} of {frames.n} frames")
-        else:
-            result.calls_ok += 1
-    except InvalidStatus as exc:
-        result.errors.append(f"{call_sid}: upgrade refused: HTTP {exc.response.status_code}")
-    except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a handshake the daemon garbled
-        result.errors.append(f"{call_sid}: {type(exc).__name__}: {exc}")
+        result.record_call(call_sid, verdict(sock, call.sent, frames.n, "frames"))
+    except (InvalidStatus, OSError, TimeoutError, ValueError) as exc:  # ValueError: a handshake the daemon garbled
+        result.record_call(call_sid, failure_text(exc))
     finally:
         if sock is not None and not sock.closed.done():
             sock.abort()
@@ -193,29 +180,14 @@ async def run_twilio_calls(
     headers: dict[str, str] = {}
     if auth_token is not None:  # signed as Twilio signs: over the URL dialled, as wss://
         headers[SIGNATURE_HEADER] = twilio_signature(auth_token, signed_url or url_as_twilio_signs(url))
-    result = LoadResult(calls=calls)
     names = [t for t in ("inbound", "outbound") if t in tracks]  # the order Twilio interleaves them in
     frames = MediaFrames({t: _frames(tracks[t]) for t in names}, sid_len=len(_sid("MZ")))
-    pacer = Pacer(result, realtime=realtime)
-    started = time.monotonic()
-    tasks = [
-        asyncio.create_task(_one_call(url, tracks, frames=frames, delay_s=k * ramp_s / calls if calls else 0.0,
-                                      pacer=pacer, params=params, result=result, close_timeout_s=5.0,
-                                      headers=headers),
-                            name=f"loadgen-call-{k}")
-        for k in range(calls)
-    ]
-    try:
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await pacer.aclose()
-    if pending:
-        result.errors.append(f"{len(pending)} calls did not finish within {timeout_s:.0f} s")
-    result.elapsed_s = time.monotonic() - started
-    return result
+
+    async def one_call(_k: int, result: LoadResult, pacer: Pacer) -> None:
+        await _one_call(url, tracks, frames=frames, pacer=pacer, params=params, result=result, close_timeout_s=5.0,
+                        headers=headers)
+
+    return await run_calls(one_call, calls=calls, realtime=realtime, ramp_s=ramp_s, timeout_s=timeout_s)
 
 
 # clips -------------------------------------------------------------------------------------------
@@ -226,8 +198,9 @@ def clip_path(name: str) -> Path:
     return Path(name)
 
 
-def load_clip_8k(name: str) -> npt.NDArray[np.int16]:
-    """Read a 16-bit PCM WAV (any rate; stereo → its first channel) and resample it to 8 kHz."""
+def load_clip(name: str, rate: int) -> npt.NDArray[np.int16]:
+    """Read a 16-bit PCM WAV (path, or a bundled clip; any rate; stereo → its first channel) and
+    resample it to `rate`."""
     import numpy as np
     import soxr
 
@@ -235,12 +208,17 @@ def load_clip_8k(name: str) -> npt.NDArray[np.int16]:
     with wave.open(str(path), "rb") as w:
         if w.getsampwidth() != 2:
             raise ValueError(f"{path}: only 16-bit PCM WAV is supported (got {8 * w.getsampwidth()}-bit)")
-        channels, rate = w.getnchannels(), w.getframerate()
+        channels, clip_rate = w.getnchannels(), w.getframerate()
         raw = w.readframes(w.getnframes())
     samples = np.frombuffer(raw, dtype="<i2").reshape(-1, channels)[:, 0]
-    if rate != 8000:
-        samples = soxr.resample(samples, rate, 8000)
+    if clip_rate != rate:
+        samples = soxr.resample(samples, clip_rate, rate)
     return np.ascontiguousarray(samples, dtype=np.int16)
+
+
+def load_clip_8k(name: str) -> npt.NDArray[np.int16]:
+    """`load_clip` at 8 kHz, the rate of Twilio's μ-law."""
+    return load_clip(name, 8000)
 
 
 # CLI ---------------------------------------------------------------------------------------------

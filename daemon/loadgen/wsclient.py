@@ -1,6 +1,6 @@
 """Cheap websocket load: websockets' sans-I/O client protocol over plain asyncio transports, media
 frames prepared once per clip position, and one pacer that sends every call's frames on its own
-real-time schedule.
+real-time schedule (`daemon.loadgen.pacing`).
 
 No task and no await per message, one timer for all calls, and no JSON, base64 or websocket framing
 per message (a task and a timer per call made the generator 40–114 ms late at 300 calls; framing
@@ -10,10 +10,8 @@ every message and scanning every call every 2 ms saturated its core at 600 calls
 from __future__ import annotations
 
 import asyncio
-import heapq
-import itertools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 FRAME_MS = 20
 #: a frame sent more than one frame period after it was due counts as late
@@ -42,6 +40,13 @@ class LoadResult:
             self.max_lateness_s = late_s
         self.lateness_ms[min(LATENESS_BINS - 1, max(0, int(late_s * 1000)))] += messages
 
+    def record_call(self, name: str, why: str | None) -> None:
+        """A finished call: completed when `why` is None, else an error naming the call."""
+        if why is None:
+            self.calls_ok += 1
+        else:
+            self.errors.append(f"{name}: {why}")
+
     def lateness_quantile_ms(self, q: float) -> float:
         """Upper edge of the 1 ms bin holding quantile q of the messages' lateness (0 without any)."""
         total = sum(self.lateness_ms)
@@ -66,116 +71,6 @@ class LoadResult:
         return "\n".join(lines)
 
 
-class CallSocket(asyncio.Protocol):
-    """One call's websocket: websockets' sans-I/O `ClientProtocol` over a plain asyncio transport.
-
-    No task and no await per message: the shared `Pacer` hands frames to `send()`, which frames,
-    masks and writes them at once. This keeps the generator cheap enough to drive hundreds of calls
-    from one process next to the daemon it measures."""
-
-    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
-        from websockets.client import ClientProtocol
-        from websockets.uri import parse_uri
-
-        self.ws = ClientProtocol(parse_uri(url), max_size=2**20)
-        self.headers = dict(headers or {})  # added to the upgrade request (e.g. X-Twilio-Signature)
-        self.transport: asyncio.Transport | None = None
-        loop = asyncio.get_running_loop()
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.close_rcvd: tuple[int, str] | None = None
-
-    # asyncio.Protocol --------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        request = self.ws.connect()
-        for name, value in self.headers.items():
-            request.headers[name] = value
-        self.ws.send_request(request)
-        self._flush()
-
-    def data_received(self, data: bytes) -> None:
-        from websockets.frames import Opcode
-        from websockets.http11 import Response
-
-        self.ws.receive_data(data)
-        self._events(Response, Opcode)
-
-    def eof_received(self) -> bool | None:
-        from websockets.frames import Opcode
-        from websockets.http11 import Response
-
-        self.ws.receive_eof()
-        self._events(Response, Opcode)
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(exc or ConnectionError("connection closed during the upgrade"))
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    # -------------------------------------------------------------------------------------------
-    def _events(self, response_type: type, opcode: Any) -> None:
-        for event in self.ws.events_received():
-            if isinstance(event, response_type) and not self.opened.done():
-                exc = self.ws.handshake_exc
-                if exc is None:
-                    self.opened.set_result(None)
-                else:
-                    self.opened.set_exception(exc)
-            elif getattr(event, "opcode", None) is opcode.CLOSE and self.ws.close_rcvd is not None:
-                self.close_rcvd = (int(self.ws.close_rcvd.code), self.ws.close_rcvd.reason)
-        self._flush()
-
-    def _flush(self) -> None:
-        if self.transport is None or self.transport.is_closing():
-            return
-        for data in self.ws.data_to_send():
-            if data:
-                self.transport.write(data)
-            elif self.transport.can_write_eof():
-                self.transport.write_eof()  # the protocol asks for a half-close
-        if self.ws.close_expected() and self.ws.handshake_exc is not None:
-            self.transport.close()
-
-    def send(self, messages: list[str]) -> bool:
-        """Queue text messages; False once the socket can no longer carry them."""
-        from websockets.protocol import State
-
-        if self.transport is None or self.transport.is_closing() or self.ws.state is not State.OPEN:
-            return False
-        for msg in messages:
-            self.ws.send_text(msg.encode())
-        self._flush()
-        return True
-
-    def send_raw(self, data: bytes) -> bool:
-        """Write ready websocket frames (see `client_frame`); False once the socket cannot carry them."""
-        from websockets.protocol import State
-
-        if self.transport is None or self.transport.is_closing() or self.ws.state is not State.OPEN:
-            return False
-        self.transport.write(data)
-        return True
-
-    def write_backlog(self) -> int:
-        return self.transport.get_write_buffer_size() if self.transport is not None else 0
-
-    def close(self) -> None:
-        from websockets.frames import CloseCode
-        from websockets.protocol import State
-
-        if self.ws.state is State.OPEN:
-            self.ws.send_close(CloseCode.NORMAL_CLOSURE)
-            self._flush()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()
-
-
 def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     """One whole client→server websocket frame (FIN set), masked with the all-zero key.
 
@@ -190,6 +85,141 @@ def client_frame(payload: bytes, opcode: int = 0x1) -> bytes:
     else:
         head = bytes((0x80 | opcode, 0x80 | 127)) + n.to_bytes(8, "big")
     return head + b"\x00\x00\x00\x00" + payload
+
+
+def wire(frame: str | bytes, *, ws: bool) -> bytes:
+    """One frame as written to the socket (websocket client frame with the zero mask, or raw bytes)."""
+    if isinstance(frame, str):
+        return client_frame(frame.encode(), 0x1) if ws else frame.encode()
+    return client_frame(frame, 0x2) if ws else frame
+
+
+class CallSocket(asyncio.Protocol):
+    """One call's socket: websockets' sans-I/O `ClientProtocol` over a plain asyncio transport,
+    offering `subprotocols` (the upgrade fails when the server selects none of them), or with
+    `url=None` a raw TCP connection (AudioSocket). Server text frames go to `on_text`.
+
+    No task and no await per message: the shared pacer hands ready frames to `send_raw()`, which
+    writes them at once. This keeps the generator cheap enough to drive hundreds of calls from one
+    process next to the daemon it measures."""
+
+    def __init__(self, url: str | None, headers: dict[str, str] | None = None, subprotocols: tuple[str, ...] = (),
+                 on_text: Callable[[str], None] | None = None) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.typing import Subprotocol
+        from websockets.uri import parse_uri
+
+        self.ws = None if url is None else ClientProtocol(
+            parse_uri(url), subprotocols=[Subprotocol(s) for s in subprotocols] or None, max_size=2**20)
+        self.headers = dict(headers or {})  # added to the upgrade request (e.g. X-Twilio-Signature)
+        self.offered, self.on_text = subprotocols, on_text
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self.close_rcvd: tuple[int, str] | None = None
+        self.subprotocol: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self.ws is None:
+            self.opened.set_result(None)
+            return
+        request = self.ws.connect()
+        for name, value in self.headers.items():
+            request.headers[name] = value
+        self.ws.send_request(request)
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self.ws is not None:
+            self.ws.receive_data(data)
+            self._events()
+
+    def eof_received(self) -> bool | None:
+        if self.ws is not None:
+            self.ws.receive_eof()
+            self._events()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("connection closed during the upgrade"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def _events(self) -> None:
+        from websockets.frames import Frame as WsFrame
+        from websockets.frames import Opcode
+        from websockets.http11 import Response
+
+        assert self.ws is not None
+        for event in self.ws.events_received():
+            if isinstance(event, Response) and not self.opened.done():
+                self.subprotocol = self.ws.subprotocol
+                if self.ws.handshake_exc is not None:
+                    self.opened.set_exception(self.ws.handshake_exc)
+                elif self.offered and self.subprotocol is None:
+                    self.opened.set_exception(ValueError(f"the server selected none of the subprotocols "
+                                                         f"{list(self.offered)} (libwebsockets peers hang up)"))
+                    self.abort()
+                else:
+                    self.opened.set_result(None)
+            elif isinstance(event, WsFrame) and event.opcode is Opcode.TEXT and self.on_text is not None:
+                self.on_text(bytes(event.data).decode("utf-8", "replace"))
+            elif isinstance(event, WsFrame) and event.opcode is Opcode.CLOSE and self.ws.close_rcvd is not None:
+                self.close_rcvd = (int(self.ws.close_rcvd.code), self.ws.close_rcvd.reason)
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.ws is None or self.transport is None or self.transport.is_closing():
+            return
+        for data in self.ws.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+        if self.ws.close_expected() and self.ws.handshake_exc is not None:
+            self.transport.close()
+
+    def _open(self) -> bool:
+        from websockets.protocol import State
+
+        if self.transport is None or self.transport.is_closing():
+            return False
+        return self.ws is None or self.ws.state is State.OPEN
+
+    def send_raw(self, data: bytes) -> bool:
+        """Write ready frames (see `client_frame`); False once the socket cannot carry them."""
+        if not self._open():
+            return False
+        assert self.transport is not None
+        self.transport.write(data)
+        return True
+
+    def send(self, frames: Sequence[str | bytes]) -> bool:
+        """Write text (str) and binary (bytes) messages; False once the socket cannot carry them."""
+        return self.send_raw(b"".join(wire(f, ws=self.ws is not None) for f in frames))
+
+    def write_backlog(self) -> int:
+        return self.transport.get_write_buffer_size() if self.transport is not None else 0
+
+    def close(self) -> None:
+        """Websocket: a normal close (1000) handshake; TCP: half-close, the server closes its side."""
+        from websockets.frames import CloseCode
+        from websockets.protocol import State
+
+        if self.ws is None:
+            if self.transport is not None and not self.transport.is_closing() and self.transport.can_write_eof():
+                self.transport.write_eof()
+        elif self.ws.state is State.OPEN:
+            self.ws.send_close(CloseCode.NORMAL_CLOSURE)
+            self._flush()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 class MediaFrames:
@@ -232,105 +262,6 @@ class MediaFrames:
             return sid.join(self.ticks[first])
         return b"".join(sid.join(self.ticks[i]) for i in range(first, end))
 
-
-@dataclass(eq=False)
-class PacedCall:
-    sock: CallSocket
-    frames: MediaFrames
-    sid: bytes  # this stream's streamSid, patched into the prepared frames
-    stop: str
-    due0: float  # when tick 0 is due (loop time)
-    sent: int = 0  # ticks sent
-    done: asyncio.Future[None] | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.sid) != self.frames.sid_len:
-            raise ValueError(f"streamSid must be {self.frames.sid_len} bytes, got {len(self.sid)}")
-
-
-class Pacer:
-    """Sends every call's ticks on its own absolute schedule (tick i at due0 + i·20 ms) from one task:
-    calls keep their own phase (they started at different moments), and a late wake-up never
-    accumulates into drift. In real time the calls wait in a heap ordered by when their next tick is
-    due, so a wake-up touches only the calls that are due (50 per call and second), not every call.
-    Lateness is measured per message."""
-
-    TICK_S = 0.002  # longest sleep: new calls are picked up within it
-
-    def __init__(self, result: LoadResult, *, realtime: bool) -> None:
-        self.result = result
-        self.realtime = realtime
-        self.calls: set[PacedCall] = set()
-        self._heap: list[tuple[float, int, PacedCall]] = []
-        self._order = itertools.count()
-        self._task: asyncio.Task[None] | None = None
-        self._wake = asyncio.Event()
-
-    def add(self, call: PacedCall) -> None:
-        call.done = asyncio.get_running_loop().create_future()
-        self.calls.add(call)
-        heapq.heappush(self._heap, (call.due0, next(self._order), call))
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="loadgen-pacer")
-
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        heap = self._heap
-        while True:
-            if not self.calls:
-                heap.clear()
-                self._wake.clear()
-                await self._wake.wait()
-            now = loop.time()
-            if self.realtime:
-                while heap and heap[0][0] <= now:
-                    call = heapq.heappop(heap)[2]
-                    if call in self.calls and self._send_due(call, now) is not None:
-                        heapq.heappush(heap, (call.due0 + call.sent * FRAME_S, next(self._order), call))
-                delay = min(self.TICK_S, heap[0][0] - loop.time()) if heap else self.TICK_S
-                await asyncio.sleep(max(0.0, delay))
-            else:
-                sent = False
-                for call in list(self.calls):
-                    sent = bool(self._send_due(call, now)) or sent
-                # fast mode goes on at once while sockets take data; when all are backed up, it waits a tick
-                await asyncio.sleep(0 if sent else self.TICK_S)
-
-    def _send_due(self, call: PacedCall, now: float) -> bool | None:
-        """Send what is due of one call: True if anything was sent, False if not, None once finished."""
-        result = self.result
-        n = call.frames.n
-        if self.realtime:  # called when tick `sent` is due: send it and any others due by now
-            due_n = min(n, max(call.sent + 1, int((now - call.due0) / FRAME_S) + 1))
-        elif call.sock.write_backlog() < 256 * 1024:
-            due_n = min(n, call.sent + 50)  # as fast as the socket drains
-        else:
-            due_n = call.sent
-        sent = False
-        if due_n > call.sent:
-            if self.realtime:
-                for i in range(call.sent, due_n):
-                    result.record_lateness(now - (call.due0 + i * FRAME_S), call.frames.per_tick)
-            if not call.sock.send_raw(call.frames.tick_bytes(call.sid, call.sent, due_n)):
-                self.finish(call)
-                return None
-            result.frames_sent += (due_n - call.sent) * call.frames.per_tick
-            call.sent = due_n
-            sent = True
-        if call.sent >= n:
-            call.sock.send([call.stop])
-            self.finish(call)
-            return None
-        return sent
-
-    def finish(self, call: PacedCall) -> None:
-        self.calls.discard(call)
-        assert call.done is not None
-        if not call.done.done():
-            call.done.set_result(None)
+    def take(self, sid: bytes, first: int, end: int) -> tuple[bytes, int]:
+        """`tick_bytes` and how many media messages they hold (a `pacing.TickSource`)."""
+        return self.tick_bytes(sid, first, end), (end - first) * self.per_tick

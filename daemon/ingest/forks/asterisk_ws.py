@@ -24,14 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from daemon.ingest.forks.common import (
-    Bad,
-    ForkParserBase,
-    PendingAudio,
-    dtmf_digit,
-    flatten_metadata,
-    token_matches,
-)
+from daemon.ingest.forks.common import Bad, PendingAudio, dtmf_digit, flatten_metadata, secret_skip
 from daemon.ingest.forks.events import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
@@ -42,14 +35,13 @@ from daemon.ingest.forks.events import (
     LegSpec,
     Problem,
 )
+from daemon.ingest.forks.jsonstream import JsonEventParser
 from daemon.model import AudioFormat, Codec
 
 INGEST = "asterisk_ws"
 LEG = "channel"
 _SLIN_RATES = {"slin": 8000, "slin12": 12000, "slin16": 16000, "slin24": 24000, "slin32": 32000,
                "slin44": 44100, "slin48": 48000, "slin96": 96000, "slin192": 192000}
-_IGNORED = frozenset({"MEDIA_XOFF", "MEDIA_XON", "QUEUE_DRAINED", "MEDIA_BUFFERING_COMPLETED", "STATUS",
-                      "DTMF_BEGIN"})
 
 
 def channel_format(name: object) -> AudioFormat | None:
@@ -89,45 +81,25 @@ def parse_control(text: str) -> dict[str, Any]:
     return out
 
 
-class AsteriskWebsocketParser(ForkParserBase):
+class AsteriskWebsocketParser(JsonEventParser):
+    ignored = frozenset({"MEDIA_XOFF", "MEDIA_XON", "QUEUE_DRAINED", "MEDIA_BUFFERING_COMPLETED", "STATUS",
+                         "DTMF_BEGIN"})
+
     def __init__(self, *, max_pending_bytes: int = 64000, expected_variable: tuple[str, str] | None = None,
                  **limits: int) -> None:
         super().__init__(**limits)
         self.expected_variable = expected_variable
         self.fmt: AudioFormat | None = None
         self.pending = PendingAudio(max_pending_bytes)  # holds raw frames (fmt unknown yet) as Audio
+        self.handlers.update(MEDIA_START=self._media_start, DTMF_END=self._dtmf_end, HANGUP=self._hangup)
 
-    def receive_text(self, text: str) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_text(text)
-        if too_big is not None:
-            return too_big
-        try:
-            msg = parse_control(text)
-            event = msg["event"]
-            if event == "MEDIA_START":
-                return self._media_start(msg)
-            if event == "DTMF_END":
-                if self.call is None:
-                    raise Bad("dtmf_before_start", "DTMF_END")
-                return [Dtmf(LEG, dtmf_digit(msg.get("digit")))]
-            if event in _IGNORED:
-                return []
-            if event == "HANGUP":
-                return self._end("hangup")
-            raise Bad("unknown_event", str(event)[:40])
-        except Bad as bad:
-            return self._problem(bad.reason, bad.detail)
+    def decode(self, text: str) -> dict[str, Any]:
+        return parse_control(text)
 
     def receive_binary(self, data: bytes) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_binary(data)
-        if too_big is not None:
-            return too_big
-        if not data:
-            return self._problem("empty_payload", "")
+        refused = self._binary_refused(data)
+        if refused is not None:
+            return refused
         if self.call is None or self.fmt is None:
             # format unknown until MEDIA_START: hold the bytes (a placeholder format, fixed on release)
             dropped = self.pending.add(Audio(LEG, data, AudioFormat(Codec.L16_LE, 8000)))
@@ -150,6 +122,14 @@ class AsteriskWebsocketParser(ForkParserBase):
                                CLOSE_POLICY_VIOLATION)
         return self._end("socket_closed")
 
+    def _dtmf_end(self, msg: dict[str, Any]) -> list[ForkEvent]:
+        if self.call is None:
+            raise Bad("dtmf_before_start", "DTMF_END")
+        return [Dtmf(LEG, dtmf_digit(msg.get("digit")))]
+
+    def _hangup(self, _msg: dict[str, Any]) -> list[ForkEvent]:
+        return self._end("hangup")
+
     def _media_start(self, msg: dict[str, Any]) -> list[ForkEvent]:
         if self.call is not None:
             raise Bad("duplicate_start", "MEDIA_START")
@@ -163,12 +143,7 @@ class AsteriskWebsocketParser(ForkParserBase):
         variables = msg.get("channel_variables", {})
         if not isinstance(variables, dict):
             variables = {}
-        skip: frozenset[str] = frozenset()
-        if self.expected_variable is not None:
-            key, secret = self.expected_variable
-            if not token_matches(secret, variables.get(key)):
-                return self._unauthorized(f"channel variable {key} missing or wrong")
-            skip = frozenset({key})
+        skip = secret_skip(self.expected_variable, variables.get, "channel variable {}")
         keys = ("channel", "connection_id", "format", "ptime", "optimal_frame_size")
         meta: dict[str, str] = {k: str(msg[k]) for k in keys if k in msg and not isinstance(msg[k], dict | list)}
         meta.update(flatten_metadata(variables, "var.", skip=skip))

@@ -140,11 +140,6 @@ class AudioHookServerParser(ForkParserBase):
         first, second = deinterleave_u8(data)
         return [Audio(CHANNEL_LEGS[self.channels[0]], first, PCMU), Audio(CHANNEL_LEGS[self.channels[1]], second, PCMU)]
 
-    def connection_closed(self) -> list[ForkEvent]:
-        if self.done:
-            return []
-        return self._end("socket_closed")
-
     def disconnect(self, reason: str, info: str = "") -> Reply:
         """A server-initiated `disconnect` (reason completed|unauthorized|error) to send."""
         params: dict[str, Any] = {"reason": reason}

@@ -7,7 +7,7 @@ import binascii
 import hmac
 import json
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,8 @@ from daemon.ingest.forks.events import (
 )
 
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
+#: Track names of the Twilio-shaped streams (Telnyx, Plivo, Exotel) → leg names.
+TRACKS = {"inbound": "inbound", "inbound_track": "inbound", "outbound": "outbound", "outbound_track": "outbound"}
 #: Metadata is bounded: at most this many keys, each value cut to this many characters.
 MAX_METADATA_KEYS = 64
 MAX_METADATA_VALUE_CHARS = 1024
@@ -37,6 +39,16 @@ class Bad(Exception):
         super().__init__(detail or reason)
         self.reason = reason
         self.detail = detail
+
+
+class Fatal(Exception):
+    """Internal: the connection cannot go on (caught by the parser → fatal `Problem`, close with `close_code`)."""
+
+    def __init__(self, reason: str, detail: str = "", close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail
+        self.close_code = close_code
 
 
 class ForkParserBase:
@@ -92,6 +104,45 @@ class ForkParserBase:
 
     def _unauthorized(self, detail: str) -> list[ForkEvent]:
         return self._fatal("unauthorized", detail, CLOSE_POLICY_VIOLATION)
+
+    def _text_refused(self, text: str) -> list[ForkEvent] | None:
+        """What to answer instead of parsing a text frame (nothing once done, a fatal problem when too
+        big), or None: parse it."""
+        if self.done:
+            return []
+        return self._oversize_text(text)
+
+    def _binary_refused(self, data: bytes, *, started: bool | None = None) -> list[ForkEvent] | None:
+        """What to answer instead of parsing a binary frame: nothing once done, a fatal problem when too
+        big, `audio_before_start` when `started` is False, `empty_payload` when empty; None: parse it."""
+        if self.done:
+            return []
+        too_big = self._oversize_binary(data)
+        if too_big is not None:
+            return too_big
+        if started is False:
+            return self._problem("audio_before_start", f"{len(data)} bytes")
+        if not data:
+            return self._problem("empty_payload", "")
+        return None
+
+    def connection_closed(self) -> list[ForkEvent]:
+        """The socket closed: the call ends (`socket_closed`) unless it already has."""
+        if self.done:
+            return []
+        return self._end("socket_closed")
+
+
+def secret_skip(expected: tuple[str, str] | None, lookup: Callable[[str], object], where: str) -> frozenset[str]:
+    """The in-band shared secret check: `expected` is (key, secret) or None (nothing to check);
+    `lookup(key)` is the value the peer sent. Returns the keys to keep out of the metadata; raises
+    `Fatal("unauthorized")` naming `where` (a format string with {} for the key) when missing or wrong."""
+    if expected is None:
+        return frozenset()
+    key, secret = expected
+    if not token_matches(secret, lookup(key)):
+        raise Fatal("unauthorized", f"{where.format(key)} missing or wrong", CLOSE_POLICY_VIOLATION)
+    return frozenset({key})
 
 
 def load_json_object(text: str) -> dict[str, Any]:
@@ -152,6 +203,15 @@ def b64_payload(value: object, key: str = "payload") -> bytes:
     if not payload:
         raise Bad("empty_payload", key)
     return payload
+
+
+def media_track(media: Mapping[str, Any]) -> str:
+    """The leg of a media frame's `track` ("inbound" when absent); `Bad("unknown_track")` otherwise."""
+    raw_track = media.get("track", "inbound")
+    track = TRACKS.get(raw_track) if isinstance(raw_track, str) else None
+    if track is None:
+        raise Bad("unknown_track", str(raw_track)[:40])
+    return track
 
 
 def dtmf_digit(value: object) -> str:

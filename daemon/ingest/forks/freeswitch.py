@@ -69,11 +69,9 @@ class FreeswitchForkParser(ForkParserBase):
         self._align = 4 if mix_type == "stereo" else 2
 
     def receive_text(self, text: str) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_text(text)
-        if too_big is not None:
-            return too_big
+        refused = self._text_refused(text)
+        if refused is not None:
+            return refused
         meta, parsed = _metadata(text)
         skip: frozenset[str] = frozenset()
         if self.expected_key is not None:
@@ -92,13 +90,9 @@ class FreeswitchForkParser(ForkParserBase):
         return self._start(call_id, flat)
 
     def receive_binary(self, data: bytes) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_binary(data)
-        if too_big is not None:
-            return too_big
-        if not data:
-            return self._problem("empty_payload", "")
+        refused = self._binary_refused(data)
+        if refused is not None:
+            return refused
         if len(data) % self._align:
             return self._problem("misaligned_frame", f"{len(data)} bytes, {self.mix_type}")
         if self.call is not None:

@@ -25,13 +25,14 @@ from typing import Any
 
 from daemon.ingest.forks.common import (
     Bad,
+    Fatal,
     ForkParserBase,
     deinterleave_s16,
     dtmf_digit,
     flatten_metadata,
     get_int,
     load_json_object,
-    token_matches,
+    secret_skip,
 )
 from daemon.ingest.forks.events import (
     CLOSE_PROTOCOL_ERROR,
@@ -61,11 +62,9 @@ class JambonzListenParser(ForkParserBase):
         self.mix_type = "mono"
 
     def receive_text(self, text: str) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_text(text)
-        if too_big is not None:
-            return too_big
+        refused = self._text_refused(text)
+        if refused is not None:
+            return refused
         try:
             msg = load_json_object(text)
             if self.call is None:
@@ -79,17 +78,14 @@ class JambonzListenParser(ForkParserBase):
             if self.call is None and bad.reason in ("invalid_json", "not_object"):
                 return self._fatal("bad_start", f"first text frame: {bad.detail}", CLOSE_PROTOCOL_ERROR)
             return self._problem(bad.reason, bad.detail)
+        except Fatal as fatal:
+            return self._fatal(fatal.reason, fatal.detail, fatal.close_code)
 
     def receive_binary(self, data: bytes) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_binary(data)
-        if too_big is not None:
-            return too_big
-        if self.call is None or self.fmt is None:
-            return self._problem("audio_before_start", f"{len(data)} bytes")
-        if not data:
-            return self._problem("empty_payload", "")
+        refused = self._binary_refused(data, started=self.call is not None and self.fmt is not None)
+        if refused is not None:
+            return refused
+        assert self.fmt is not None
         align = 4 if self.mix_type == "stereo" else 2
         if len(data) % align:
             return self._problem("misaligned_frame", f"{len(data)} bytes, {self.mix_type}")
@@ -97,11 +93,6 @@ class JambonzListenParser(ForkParserBase):
             left, right = deinterleave_s16(data)
             return [Audio("caller", left, self.fmt), Audio("callee", right, self.fmt)]
         return [Audio(_LEGS[self.mix_type][0], data, self.fmt)]
-
-    def connection_closed(self) -> list[ForkEvent]:
-        if self.done:
-            return []
-        return self._end("socket_closed")
 
     def _start(self, msg: dict[str, Any]) -> list[ForkEvent]:
         call_id = msg.get("callSid")
@@ -119,12 +110,7 @@ class JambonzListenParser(ForkParserBase):
         # the verb's metadata is merged at the top level (a nested "metadata" object is honoured too).
         nested = msg.get("metadata")
         nested = nested if isinstance(nested, dict) else {}
-        skip: frozenset[str] = frozenset()
-        if self.expected_meta is not None:
-            key, secret = self.expected_meta
-            if not token_matches(secret, msg.get(key, nested.get(key))):
-                return self._unauthorized(f"metadata {key} missing or wrong")
-            skip = frozenset({key})
+        skip = secret_skip(self.expected_meta, lambda key: msg.get(key, nested.get(key)), "metadata {}")
         attrs = {k: v for k, v in msg.items() if k not in ("callSid", "metadata", "sampleRate", "mixType")}
         meta = {"mix_type": str(mix), **flatten_metadata(attrs, skip=skip),
                 **flatten_metadata(nested, "meta.", skip=skip)}

@@ -33,29 +33,19 @@ import json
 from typing import Any
 
 from daemon.ingest.forks.common import (
+    TRACKS,
     Bad,
-    ForkParserBase,
-    b64_payload,
     dtmf_digit,
     flatten_metadata,
     get_int,
     get_obj,
-    load_json_object,
-    token_matches,
+    secret_skip,
 )
-from daemon.ingest.forks.events import (
-    CLOSE_UNSUPPORTED_DATA,
-    Audio,
-    CallStart,
-    Dtmf,
-    ForkEvent,
-    LegSpec,
-)
+from daemon.ingest.forks.events import CallStart, Dtmf, ForkEvent, LegSpec
+from daemon.ingest.forks.jsonstream import StreamEventParser
 from daemon.model import AudioFormat, Codec
 
 INGEST = "plivo"
-_TRACKS = {"inbound": "inbound", "inbound_track": "inbound", "outbound": "outbound", "outbound_track": "outbound"}
-_IGNORED = frozenset({"connected", "playedStream", "clearedAudio", "mark"})
 
 
 def content_format(encoding: str, rate: int | None) -> AudioFormat | None:
@@ -73,70 +63,25 @@ def content_format(encoding: str, rate: int | None) -> AudioFormat | None:
     return None
 
 
-class PlivoStreamParser(ForkParserBase):
+class PlivoStreamParser(StreamEventParser):
+    stream_key = "streamId"
+    ignored = frozenset({"connected", "playedStream", "clearedAudio", "mark"})
+
     def __init__(self, *, expected_header: tuple[str, str] | None = None, **limits: int) -> None:
         super().__init__(**limits)
         self.expected_header = expected_header
-        self.stream_id = ""
-        self.fmt: AudioFormat | None = None
+        del self.handlers["mark"]
 
-    def receive_binary(self, data: bytes) -> list[ForkEvent]:
-        if self.done:
-            return []
-        return self._problem("binary_frame", f"{len(data)} bytes")
-
-    def receive_text(self, text: str) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_text(text)
-        if too_big is not None:
-            return too_big
-        try:
-            msg = load_json_object(text)
-            event = msg.get("event")
-            if not isinstance(event, str):
-                raise Bad("missing_event", "no string 'event'")
-            if event == "media":
-                return self._media(msg)
-            if event == "start":
-                return self._start(msg)
-            if event == "dtmf":
-                self._check(msg, "dtmf")
-                dtmf = get_obj(msg, "dtmf")
-                track = _TRACKS.get(str(dtmf.get("track", "inbound")), "inbound")
-                return [Dtmf(track, dtmf_digit(dtmf.get("digit")))]
-            if event == "stop":
-                self._check(msg, "stop")
-                return self._end("stop")
-            if event in _IGNORED:
-                return []
-            raise Bad("unknown_event", event[:40])
-        except Bad as bad:
-            return self._problem(bad.reason, bad.detail)
-
-    def connection_closed(self) -> list[ForkEvent]:
-        """Plivo's only end-of-call signal."""
-        if self.done:
-            return []
-        return self._end("socket_closed")
+    def _dtmf(self, msg: dict[str, Any]) -> list[ForkEvent]:
+        self._check(msg, "dtmf")
+        dtmf = get_obj(msg, "dtmf")
+        track = TRACKS.get(str(dtmf.get("track", "inbound")), "inbound")
+        return [Dtmf(track, dtmf_digit(dtmf.get("digit")))]
 
     def _start(self, msg: dict[str, Any]) -> list[ForkEvent]:
-        if self.call is not None:
-            raise Bad("duplicate_start", self.stream_id)
-        start = msg.get("start")
-        if not isinstance(start, dict):
-            return self._fatal("bad_start", "no 'start' object")
-        call_id = start.get("callId")
-        stream_id = start.get("streamId", msg.get("streamId", ""))
-        if not isinstance(call_id, str) or not call_id or not isinstance(stream_id, str):
-            return self._fatal("bad_start", "start needs callId (and a string streamId)")
+        start, call_id, stream_id = self._start_object(msg, "callId")
         headers, headers_ok = _extra_headers(msg.get("extra_headers", start.get("extra_headers")))
-        skip: frozenset[str] = frozenset()
-        if self.expected_header is not None:
-            key, secret = self.expected_header
-            if not token_matches(secret, headers.get(key)):
-                return self._unauthorized(f"extra_headers.{key} missing or wrong")
-            skip = frozenset({key})
+        skip = secret_skip(self.expected_header, headers.get, "extra_headers.{}")
         raw_fmt = start.get("mediaFormat", {})
         fmt = None
         if isinstance(raw_fmt, dict) and isinstance(raw_fmt.get("encoding", "audio/x-l16"), str):
@@ -146,9 +91,9 @@ class PlivoStreamParser(ForkParserBase):
                 rate = -1
             fmt = content_format(raw_fmt.get("encoding", "audio/x-l16"), rate)
         if fmt is None:
-            return self._fatal("unsupported_media_format", f"mediaFormat {raw_fmt!r}"[:160], CLOSE_UNSUPPORTED_DATA)
+            raise self._unsupported("mediaFormat", raw_fmt)
         tracks_raw = start.get("tracks", ["inbound"])
-        tracks = [_TRACKS[t] for t in tracks_raw if isinstance(t, str) and t in _TRACKS] \
+        tracks = [TRACKS[t] for t in tracks_raw if isinstance(t, str) and t in TRACKS] \
             if isinstance(tracks_raw, list) else []
         legs = tuple(LegSpec(t, fmt) for t in dict.fromkeys(tracks or ["inbound"]))
         meta: dict[str, str] = {"stream_id": stream_id}
@@ -162,26 +107,6 @@ class PlivoStreamParser(ForkParserBase):
         if not headers_ok:
             out += self._problem("bad_extra_headers", "extra_headers is neither k=v pairs nor a JSON object")
         return out
-
-    def _check(self, msg: dict[str, Any], kind: str) -> None:
-        if self.call is None:
-            raise Bad(f"{kind}_before_start", kind)
-        sid = msg.get("streamId")
-        if sid is not None and sid != self.stream_id:
-            raise Bad("wrong_stream_id", str(sid)[:40])
-
-    def _media(self, msg: dict[str, Any]) -> list[ForkEvent]:
-        self._check(msg, "media")
-        assert self.fmt is not None
-        media = get_obj(msg, "media")
-        raw_track = media.get("track", "inbound")
-        track = _TRACKS.get(raw_track) if isinstance(raw_track, str) else None
-        if track is None:
-            raise Bad("unknown_track", str(raw_track)[:40])
-        payload = b64_payload(media.get("payload"))
-        if self.fmt.codec is Codec.L16_LE and len(payload) % 2:
-            raise Bad("odd_length", f"{len(payload)} bytes of L16")
-        return [Audio(track, payload, self.fmt)]
 
 
 def _extra_headers(raw: object) -> tuple[dict[str, Any], bool]:

@@ -40,33 +40,27 @@ from typing import Any
 
 from daemon.ingest.forks.common import (
     Bad,
-    ForkParserBase,
     b64_payload,
-    dtmf_digit,
     flatten_metadata,
     get_int,
     get_obj,
-    get_str,
-    load_json_object,
+    media_track,
     token_matches,
 )
 from daemon.ingest.forks.events import (
-    CLOSE_UNSUPPORTED_DATA,
     Audio,
     CallStart,
-    Dtmf,
     ForkEvent,
     Gap,
     LegSpec,
-    Mark,
     Problem,
 )
+from daemon.ingest.forks.jsonstream import StreamEventParser
 from daemon.ingest.forks.reorder import ReorderBuffer
 from daemon.model import AudioFormat, Codec
 
 INGEST = "telnyx"
 AUTH_HEADER = "x-telnyx-streaming-auth-token"
-_TRACKS = {"inbound": "inbound", "inbound_track": "inbound", "outbound": "outbound", "outbound_track": "outbound"}
 _DEFAULT_FRAME_S = 0.02
 
 
@@ -92,7 +86,7 @@ def media_format(raw: dict[str, Any]) -> AudioFormat | None:
     return None
 
 
-class TelnyxStreamParser(ForkParserBase):
+class TelnyxStreamParser(StreamEventParser):
     """One Telnyx media-streaming websocket. Call `connection_closed()` when the socket closes."""
 
     def __init__(self, *, reorder_window: int = 8, max_gap_s: float = 2.0, expected_token: str | None = None,
@@ -103,53 +97,10 @@ class TelnyxStreamParser(ForkParserBase):
         self.reorder_window = reorder_window
         self.max_gap_s = max_gap_s
         self.expected_param = expected_param
-        self.stream_id = ""
-        self.fmt: AudioFormat | None = None
         self._reorder: dict[str, ReorderBuffer[tuple[int, bytes]]] = {}
         self._frame_s: dict[str, float] = {}
         self._prev: dict[str, tuple[int, int]] = {}  # track → (chunk, timestamp ms) last released
-
-    def receive_binary(self, data: bytes) -> list[ForkEvent]:
-        if self.done:
-            return []
-        return self._problem("binary_frame", f"{len(data)} bytes")
-
-    def receive_text(self, text: str) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_text(text)
-        if too_big is not None:
-            return too_big
-        try:
-            msg = load_json_object(text)
-            event = msg.get("event")
-            if not isinstance(event, str):
-                raise Bad("missing_event", "no string 'event'")
-            if event == "media":
-                return self._media(msg)
-            if event == "start":
-                return self._start(msg)
-            if event == "connected":
-                if self.expected_token is not None:
-                    if not token_matches(self.expected_token, msg.get(AUTH_HEADER)):
-                        return self._unauthorized(f"connected frame without the right {AUTH_HEADER}")
-                    self._token_ok = True
-                return []
-            if event == "dtmf":
-                self._check_stream(msg, "dtmf")
-                dtmf = get_obj(msg, "dtmf")
-                return [Dtmf("inbound", dtmf_digit(dtmf.get("digit")))]
-            if event == "mark":
-                self._check_stream(msg, "mark")
-                return [Mark(get_str(get_obj(msg, "mark"), "name"))]
-            if event == "error":
-                return self._problem("peer_error", str(msg.get("payload"))[:160])
-            if event == "stop":
-                self._check_stream(msg, "stop")
-                return self._flush_all() + self._end("stop")
-            raise Bad("unknown_event", event[:40])
-        except Bad as bad:
-            return self._problem(bad.reason, bad.detail)
+        self.handlers.update(connected=self._connected, error=self._error)
 
     def connection_closed(self) -> list[ForkEvent]:
         if self.done:
@@ -157,31 +108,31 @@ class TelnyxStreamParser(ForkParserBase):
         return self._flush_all() + self._end("socket_closed")
 
     # messages ----------------------------------------------------------------------------------
+    def _connected(self, msg: dict[str, Any]) -> list[ForkEvent]:
+        if self.expected_token is not None:
+            if not token_matches(self.expected_token, msg.get(AUTH_HEADER)):
+                return self._unauthorized(f"connected frame without the right {AUTH_HEADER}")
+            self._token_ok = True
+        return []
+
+    def _error(self, msg: dict[str, Any]) -> list[ForkEvent]:
+        return self._problem("peer_error", str(msg.get("payload"))[:160])
+
+    def _stop(self, msg: dict[str, Any]) -> list[ForkEvent]:
+        self._check(msg, "stop")
+        return self._flush_all() + self._end("stop")
+
     def _start(self, msg: dict[str, Any]) -> list[ForkEvent]:
         if self.call is not None:
             raise Bad("duplicate_start", self.stream_id)
         if not self._token_ok:
             return self._unauthorized(f"start before a connected frame with {AUTH_HEADER}")
-        start = msg.get("start")
-        if not isinstance(start, dict):
-            return self._fatal("bad_start", "no 'start' object")
-        call_id = start.get("call_control_id")
-        stream_id = msg.get("stream_id", start.get("stream_id", ""))
-        if not isinstance(call_id, str) or not call_id or not isinstance(stream_id, str):
-            return self._fatal("bad_start", "start needs call_control_id (and a string stream_id)")
-        params = start.get("custom_parameters", {})
-        if not isinstance(params, dict):
-            return self._fatal("bad_start", "custom_parameters is not an object")
-        skip: frozenset[str] = frozenset()
-        if self.expected_param is not None:
-            key, secret = self.expected_param
-            if not token_matches(secret, params.get(key)):
-                return self._unauthorized(f"custom_parameters.{key} missing or wrong")
-            skip = frozenset({key})
+        start, call_id, stream_id = self._start_object(msg, "call_control_id", stream_in_start_first=False)
+        params, skip = self._custom_parameters(start, self.expected_param)
         raw_fmt = start.get("media_format", {"encoding": "PCMU"})
         fmt = media_format(raw_fmt) if isinstance(raw_fmt, dict) else None
         if fmt is None:
-            return self._fatal("unsupported_media_format", f"media_format {raw_fmt!r}"[:160], CLOSE_UNSUPPORTED_DATA)
+            raise self._unsupported("media_format", raw_fmt)
         meta: dict[str, str] = {"stream_id": stream_id}
         for key in ("call_session_id", "from", "to", "client_state", "user_id"):
             value = start.get(key)
@@ -196,20 +147,10 @@ class TelnyxStreamParser(ForkParserBase):
         self.call = CallStart(call_id, meta, (LegSpec("inbound", fmt), LegSpec("outbound", fmt)))
         return [self.call]
 
-    def _check_stream(self, msg: dict[str, Any], kind: str) -> None:
-        if self.call is None:
-            raise Bad(f"{kind}_before_start", kind)
-        sid = msg.get("stream_id")
-        if sid is not None and sid != self.stream_id:
-            raise Bad("wrong_stream_id", str(sid)[:40])
-
     def _media(self, msg: dict[str, Any]) -> list[ForkEvent]:
-        self._check_stream(msg, "media")
+        self._check(msg, "media")
         media = get_obj(msg, "media")
-        raw_track = media.get("track", "inbound")
-        track = _TRACKS.get(raw_track) if isinstance(raw_track, str) else None
-        if track is None:
-            raise Bad("unknown_track", str(raw_track)[:40])
+        track = media_track(media)
         if "chunk" in media:
             seq = get_int(media, "chunk")
         else:

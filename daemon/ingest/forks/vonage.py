@@ -18,14 +18,7 @@ constant time, never in metadata) or in the URL path the server matches.
 
 from __future__ import annotations
 
-from daemon.ingest.forks.common import (
-    Bad,
-    ForkParserBase,
-    dtmf_digit,
-    flatten_metadata,
-    load_json_object,
-    token_matches,
-)
+from daemon.ingest.forks.common import Bad, Fatal, dtmf_digit, flatten_metadata, secret_skip
 from daemon.ingest.forks.events import (
     CLOSE_POLICY_VIOLATION,
     CLOSE_UNSUPPORTED_DATA,
@@ -35,14 +28,13 @@ from daemon.ingest.forks.events import (
     ForkEvent,
     LegSpec,
 )
+from daemon.ingest.forks.jsonstream import JsonEventParser
 from daemon.model import AudioFormat, Codec
 
 INGEST = "vonage"
 LEG = "mixed"
 DEFAULT_ID_KEYS = ("call_uuid", "uuid", "conversation_uuid", "call_id", "callId")
 SUPPORTED_RATES = (8000, 16000, 24000)
-#: answers to commands we never send (clear, notify): ignored
-_IGNORED = frozenset({"websocket:cleared", "websocket:notify"})
 
 
 def l16_content_type(value: object) -> AudioFormat | None:
@@ -60,7 +52,10 @@ def l16_content_type(value: object) -> AudioFormat | None:
     return AudioFormat(Codec.L16_LE, rate)
 
 
-class VonageStreamParser(ForkParserBase):
+class VonageStreamParser(JsonEventParser):
+    #: answers to commands we never send (clear, notify)
+    ignored = frozenset({"websocket:cleared", "websocket:notify"})
+
     def __init__(self, *, id_keys: tuple[str, ...] = DEFAULT_ID_KEYS, fallback_call_id: str | None = None,
                  expected_header: tuple[str, str] | None = None, **limits: int) -> None:
         super().__init__(**limits)
@@ -68,63 +63,31 @@ class VonageStreamParser(ForkParserBase):
         self.fallback_call_id = fallback_call_id
         self.expected_header = expected_header
         self.fmt: AudioFormat | None = None
-
-    def receive_text(self, text: str) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_text(text)
-        if too_big is not None:
-            return too_big
-        try:
-            msg = load_json_object(text)
-            event = msg.get("event")
-            if not isinstance(event, str):
-                raise Bad("missing_event", "no string 'event'")
-            if event == "websocket:connected":
-                return self._connected(msg)
-            if event == "websocket:dtmf":
-                if self.call is None:
-                    raise Bad("dtmf_before_start", "dtmf")
-                return [Dtmf(LEG, dtmf_digit(msg.get("digit")))]
-            if event in _IGNORED:
-                return []
-            raise Bad("unknown_event", event[:40])
-        except Bad as bad:
-            return self._problem(bad.reason, bad.detail)
+        self.handlers.update({"websocket:connected": self._connected, "websocket:dtmf": self._dtmf})
 
     def receive_binary(self, data: bytes) -> list[ForkEvent]:
-        if self.done:
-            return []
-        too_big = self._oversize_binary(data)
-        if too_big is not None:
-            return too_big
-        if self.call is None or self.fmt is None:
-            return self._problem("audio_before_start", f"{len(data)} bytes")
-        if not data:
-            return self._problem("empty_payload", "")
+        refused = self._binary_refused(data, started=self.call is not None and self.fmt is not None)
+        if refused is not None:
+            return refused
         if len(data) % 2:
             return self._problem("odd_length", f"{len(data)} bytes of L16")
+        assert self.fmt is not None
         return [Audio(LEG, data, self.fmt)]
 
-    def connection_closed(self) -> list[ForkEvent]:
-        if self.done:
-            return []
-        return self._end("socket_closed")
+    def _dtmf(self, msg: dict[str, object]) -> list[ForkEvent]:
+        if self.call is None:
+            raise Bad("dtmf_before_start", "dtmf")
+        return [Dtmf(LEG, dtmf_digit(msg.get("digit")))]
 
     def _connected(self, msg: dict[str, object]) -> list[ForkEvent]:
         if self.call is not None:
             raise Bad("duplicate_start", "websocket:connected")
         fmt = l16_content_type(msg.get("content-type"))
         if fmt is None:
-            return self._fatal("unsupported_media_format", f"content-type {msg.get('content-type')!r}"[:160],
-                               CLOSE_UNSUPPORTED_DATA)
+            raise Fatal("unsupported_media_format", f"content-type {msg.get('content-type')!r}"[:160],
+                        CLOSE_UNSUPPORTED_DATA)
         headers = {k: v for k, v in msg.items() if k not in ("event", "content-type")}
-        skip: frozenset[str] = frozenset()
-        if self.expected_header is not None:
-            key, secret = self.expected_header
-            if not token_matches(secret, headers.get(key)):
-                return self._unauthorized(f"header {key} missing or wrong")
-            skip = frozenset({key})
+        skip = secret_skip(self.expected_header, headers.get, "header {}")
         call_id = next((v for k in self.id_keys if isinstance(v := headers.get(k), str) and v), None)
         call_id = call_id or self.fallback_call_id
         if not call_id:
