@@ -8,6 +8,7 @@ The knee of an ingest is the most calls with chunk p99 ≤ 20 ms and no loss.
 
     .venv/bin/python benchmarks/run.py                                   # the defaults below
     .venv/bin/python benchmarks/run.py --twilio 200 400 600 --rtp 250 500 1000 --alerts 500
+    .venv/bin/python benchmarks/run.py --twilio --rtp --alerts 0 --no-baselines --whip 50 100 200   # WHIP only
     .venv/bin/python benchmarks/run.py --twilio --rtp 50 --alerts 0 --seconds 10 --no-baselines --no-readme
 """
 
@@ -33,7 +34,7 @@ from benchmarks.rig import PointOptions, knee, markdown_table, run_point
 
 HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- benchmarks/run.py: begin -->", "<!-- benchmarks/run.py: end -->"
-TARGETS = {"twilio": 600, "rtp": 1000}
+TARGETS = {"twilio": 600, "rtp": 1000, "whip": 200}
 
 
 def machine() -> dict[str, Any]:
@@ -65,6 +66,15 @@ def report(result: dict[str, Any]) -> str:
     for r in alerts:
         lines.append(f"- **alerts**: {r['calls']} calls, {r['alerts']:.0f} alerts, alert p99 "
                      f"{r['alert_p99_ms']:.0f} ms (target ≤ 50 ms).")
+    for r in rows:
+        if r["ingest"] == "whip":
+            steady = r.get("loadgen_cpu_core_steady")
+            lines.append(f"- **whip {r['calls']}**: daemon {1000 * r['daemon_cpu_core'] / r['calls']:.1f} ms CPU per "
+                         f"call·s, aiortc track queue peak {r.get('track_queue_peak')} (of "
+                         f"{r.get('whip_sessions_seen')} sessions' logs seen), "
+                         f"{r.get('whip_unreceived_per_call', float('nan')):.1f} packets per call not decoded (up to "
+                         f"5 stay in aiortc's jitter buffer at DELETE: not loss); load generator "
+                         f"{'–' if steady is None else f'{steady:.2f}'} core with all publishers up.")
     worst = max(rows, key=lambda r: r["loadgen_cpu_core"] + r["simulator_cpu_core"], default=None)
     if worst is not None:
         lines.append(f"- **rig**: at most {worst['loadgen_cpu_core'] + worst['simulator_cpu_core']:.2f} core "
@@ -104,6 +114,11 @@ async def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--twilio", type=int, nargs="*", default=[200, 400, 600], help="Twilio ramp (calls, one track)")
     p.add_argument("--rtp", type=int, nargs="*", default=[250, 500, 1000], help="RTP PCMU ramp (calls)")
+    p.add_argument("--whip", type=int, nargs="*", default=[],
+                   help="WHIP ramp (aiortc publishers, pre-encoded Opus over DTLS-SRTP), e.g. 50 100 200")
+    p.add_argument("--whip-procs", type=int, default=1,
+                   help="`loadgen whip` processes sharing the rig's CPU (the calls split over them)")
+    p.add_argument("--whip-ramp-s", type=float, default=5.0, help="WHIP publisher starts spread over this")
     p.add_argument("--alerts", type=int, default=500, help="all-alerting Twilio point (0: skip)")
     p.add_argument("--seconds", type=float, default=24.0, help="length of each call")
     p.add_argument("--baseline-rtp-calls", type=int, nargs="*", default=[50],
@@ -121,6 +136,8 @@ async def main() -> int:
                               "points": [], "knee": {}}
     plan = ([PointOptions("twilio", n, seconds=args.seconds, pin=args.pin) for n in args.twilio]
             + [PointOptions("rtp", n, seconds=args.seconds, channels=4, pin=args.pin) for n in args.rtp]
+            + [PointOptions("whip", n, seconds=args.seconds, ramp_s=args.whip_ramp_s, loadgen_procs=args.whip_procs,
+                            pin=args.pin) for n in args.whip]
             + ([PointOptions("twilio", args.alerts, seconds=args.seconds, pin=args.pin)] if args.alerts else []))
     with tempfile.TemporaryDirectory() as tmp:
         for i, o in enumerate(plan):
