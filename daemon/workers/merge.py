@@ -1,8 +1,9 @@
 """One /metrics for many workers: the workers' expositions merged into one (sans-I/O: text in, text out).
 
 Counters and histograms (buckets, _count, _sum) are summed series by series, which is exact. Gauges are
-summed too (calls, legs, pending deliveries), except the ones that say a state: `*_up` takes the minimum
-(one degraded worker makes the host degraded), `*_simulated` and `*_ready` the maximum. The gauges where a
+summed too (calls, legs, pending deliveries), except the ones that say a state: `*_up` and the capacity
+headroom take the minimum (one degraded or full worker is what an operator must see), `*_simulated` and
+`*_ready` the maximum. The gauges where a
 per-worker view matters keep one series per worker with a `worker` label; a PromQL `sum()` over them is
 still the host's total. `*_created` samples and exemplars are dropped (they cannot be summed).
 """
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
 PER_WORKER = frozenset({"spoofwatch_calls_active", "spoofwatch_legs_active"})
-MIN_GAUGES = frozenset({"spoofwatch_upstream_up"})
+MIN_GAUGES = frozenset({"spoofwatch_upstream_up", "spoofwatch_capacity_headroom"})
 MAX_GAUGES = frozenset({"spoofwatch_upstream_simulated", "spoofwatch_ready"})
 
 _Key = tuple[str, tuple[tuple[str, str], ...]]

@@ -80,7 +80,7 @@ def test_pod_spec_matches_the_daemon() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     # the listeners bind inside the pod on the ports the container declares
     declared = {p["containerPort"] for p in container["ports"]}
-    for listen in (cfg.http.listen, cfg.ingest.websocket.listen):
+    for listen in (cfg.http.listen, cfg.ingest.websocket.listen, cfg.ingest.whip.listen):
         host, port = listen.rsplit(":", 1)
         assert host == "0.0.0.0" and int(port) in declared
     # the outbox is on the pod's own volume; secrets are files read like systemd credentials

@@ -45,7 +45,7 @@ class RtpControlServer:
         if not self._token:
             log.warning("RTP control API not started: set %s (bearer token) to enable it; auto_calls=%s%s",
                         self.cfg.control_token_env, self.cfg.auto_calls,
-                        "" if self.cfg.auto_calls else " (so no RTP call can start)")
+                        "" if self.cfg.auto_calls else " (so only SIPREC can start RTP calls)")
             return 0
         app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._auth])
         app.router.add_post("/v1/rtp/sessions", self._create)
