@@ -52,6 +52,7 @@ from daemon.ops.supervise import Supervisor
 from daemon.ops.systemd import SdNotifier
 from daemon.policy.payloads import upstream_health_data
 from daemon.upstream.channels import ChannelPool, use_tls
+from daemon.upstream.chunks import replay_chunks_for
 from daemon.upstream.health import UpstreamHealth
 from daemon.upstream.stream import LegStream
 from daemon.workers.plan import WorkerRole
@@ -172,7 +173,7 @@ class Daemon:
         assert self.pool is not None and self.creds is not None
         stream = LegStream(self.pool, self.creds, leg, upstream=self.cfg.upstream,
                            queue_chunks=self.cfg.daemon.leg_queue_chunks,
-                           replay_chunks=self.cfg.daemon.replay_buffer_chunks, metrics=self.metrics,
+                           replay_chunks=replay_chunks_for(self.cfg.daemon.replay_buffer_s), metrics=self.metrics,
                            clock=self.clock, on_result=on_result, on_state=self._on_stream_state,
                            force_simulated=self.simulated)
         return stream
@@ -212,6 +213,7 @@ class Daemon:
                           upstream_target=self.upstream_target,
                           final_results_timeout_s=cfg.daemon.final_results_timeout_s, live=self.live)
         self.registry = CallRegistry(ctx, max_calls=cfg.daemon.max_calls, per_ingest_limits=ingest_limits(cfg))
+        self.metrics.set_capacity(cfg.daemon.capacity_calls)
         self.ingests, ingest_ports = await start_ingests(IngestContext(
             cfg, self.registry, self.metrics, self.clock, self.environ, reuse_port=self.worker is not None))
         self.ports.update(ingest_ports)
@@ -300,6 +302,7 @@ class Daemon:
             for leg in session.legs.values():
                 leg.policy.update_config(new.policy)
         self.registry.update_limits(max_calls=new.daemon.max_calls, per_ingest_limits=ingest_limits(new))
+        self.metrics.set_capacity(new.daemon.capacity_calls)
         self.endpoints = endpoints_from(new)
         await self.sender.update_endpoints(self.endpoints)  # awaits the outbox thread, never blocks the loop
         restart_needed = [name for name in ("http", "upstream", "simulator", "ingest", "outbox")

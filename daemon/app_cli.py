@@ -6,7 +6,12 @@ With `[process] workers` above 1 this process is the supervisor of that many wor
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from collections.abc import Callable
+
+#: overrides `[daemon] event_loop` (auto, uvloop, asyncio), e.g. to compare the two loops
+EVENT_LOOP_ENV = "SPOOFWATCH_EVENT_LOOP"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,8 +22,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shared", action="append", default=[], metavar="NAME=HOST:PORT", help=argparse.SUPPRESS)
 
 
+def event_loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop for `[daemon] event_loop` (SPOOFWATCH_EVENT_LOOP overrides it): None for asyncio's
+    own, uvloop's factory for "uvloop", and for "auto" uvloop's when it can be imported."""
+    import os
+
+    from daemon.config import ConfigError
+
+    choice = os.environ.get(EVENT_LOOP_ENV, "").strip() or choice
+    if choice not in ("auto", "uvloop", "asyncio"):
+        raise ConfigError(f"{EVENT_LOOP_ENV}={choice!r}: expected auto, uvloop or asyncio")
+    if choice == "asyncio" or sys.platform == "win32":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise ConfigError("[daemon] event_loop is \"uvloop\" but uvloop is not installed "
+                              "(pip install uvloop, or choose \"auto\" or \"asyncio\")") from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
     from daemon.config import ConfigError, load_config
@@ -63,7 +90,15 @@ def main(args: argparse.Namespace) -> int:
         return await Daemon(cfg, config_path=args.config, tune_gc=True, worker=role).run()
 
     try:
-        return asyncio.run(_run())
+        loop_factory = event_loop_factory(cfg.daemon.event_loop)
+    except ConfigError as exc:
+        print(f"spoofwatch: {exc}", file=sys.stderr)
+        stop_logging()
+        return 2
+    logging.getLogger("spoofwatch").info("event loop: %s", "uvloop" if loop_factory is not None else "asyncio")
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(_run())
     except ConfigError as exc:
         logging.getLogger("spoofwatch").error("%s", exc)
         return 2

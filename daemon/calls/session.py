@@ -117,7 +117,8 @@ class LegPipeline:
             return
         if self._bytes_per_s:
             self.audio_s += len(payload) / self._bytes_per_s
-        self._send(chunks, received_at)
+        if chunks:  # one payload in ~12 completes a chunk: the others stop here
+            self._send(chunks, received_at)
 
     def push_pcm(self, samples: npt.NDArray[np.int16], rate: int, received_at: float) -> None:
         if self.closed:

@@ -41,6 +41,15 @@ def exemplar(**labels: str) -> dict[str, str]:
     return out
 
 
+#: `[daemon] capacity_calls` until the daemon sets its own (the default there)
+DEFAULT_CAPACITY_CALLS = 500
+
+
+def gauge_total(gauge: Gauge) -> float:
+    """The sum of a gauge's series (e.g. calls_active over every ingest)."""
+    return sum(s.value for family in gauge.collect() for s in family.samples)
+
+
 class Metrics:
     """One instance per daemon (tests make their own with a fresh registry)."""
 
@@ -58,6 +67,10 @@ class Metrics:
                              ["ingest", "outcome"], registry=r)
         self.calls_refused = Counter(f"{p}_calls_refused", "Calls refused at admission, by reason",
                                      ["ingest", "reason"], registry=r)
+        self.capacity_headroom = Gauge(f"{p}_capacity_headroom", "1 - calls_active / [daemon] capacity_calls: how "
+                                       "far this process is from its measured knee (0 at the knee, below 0 past it)",
+                                       registry=r)
+        self.set_capacity(DEFAULT_CAPACITY_CALLS)
 
         # audio in
         self.frames_in = Counter(f"{p}_frames_received", "Media frames/packets received", ["ingest"], registry=r)
@@ -139,3 +152,8 @@ class Metrics:
         self.outbox_write_errors = Counter(f"{p}_outbox_write_errors", "Outbox writes that failed and will be "
                                            "retried, by operation (commit, mark, register, purge)", ["operation"],
                                            registry=r)
+
+    def set_capacity(self, capacity_calls: int) -> None:
+        """`spoofwatch_capacity_headroom` is computed at each scrape against this many calls."""
+        calls = self.calls_active
+        self.capacity_headroom.set_function(lambda: 1.0 - gauge_total(calls) / capacity_calls)

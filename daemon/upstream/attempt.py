@@ -139,8 +139,7 @@ class StreamAttempt:
                     # replayed chunk, all written before it); dropping it would leave a hole in the leg
                     queue.appendleft(item)
                     raise
-                leg.chunk_written(item)
-                leg.stall.written(item[DATA], loop.time())
+                leg.chunk_written(item, leg.stall.written(item[DATA], loop.time()))
             if leg.closing:
                 await call.done_writing()
                 return

@@ -223,7 +223,7 @@ class LegStream:
     def mark_simulated(self) -> None:
         self._header_simulated = True
 
-    def chunk_written(self, item: Chunk) -> None:
+    def chunk_written(self, item: Chunk, voiced: bool = True) -> None:
         now = self.clock.monotonic()
         latency = max(0.0, now - item[RECEIVED])
         if latency > CHUNK_EXEMPLAR_OVER_S:
@@ -232,7 +232,7 @@ class LegStream:
             self.metrics.chunk_latency.observe(latency)
         self.metrics.chunks.inc()
         self.chunks_sent += 1
-        self.chunks.written(item, now)
+        self.chunks.written(item, now, voiced)
 
     def handle(self, msg: Any, offset: float) -> None:
         """One StreamResult: typed results to `on_result`, malformed items counted and logged."""

@@ -41,7 +41,7 @@ class Server:
     def __init__(self) -> None:
         self.admission = FakeAdmission()
         self.metrics = Metrics()
-        cfg = TwilioIngestConfig(listen="127.0.0.1:0", auth_token_env=TOKEN_ENV)  # validate_signature: default on
+        cfg = TwilioIngestConfig(auth_token_env=TOKEN_ENV)  # validate_signature: default on
         assert cfg.validate_signature
         self.ingest = TwilioIngest(cfg, self.admission, self.metrics, SystemClock())
         self.url = ""
@@ -164,7 +164,7 @@ async def test_unsigned_and_wrongly_signed_upgrades_are_refused(server: Server) 
 
 async def test_signed_url_override_for_a_daemon_behind_a_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, TOKEN)
-    cfg = TwilioIngestConfig(listen="127.0.0.1:0", auth_token_env=TOKEN_ENV, public_base_url="wss://voice.example.com")
+    cfg = TwilioIngestConfig(auth_token_env=TOKEN_ENV, public_base_url="wss://voice.example.com")
     admission = FakeAdmission()
     ingest = TwilioIngest(cfg, admission, Metrics(), SystemClock())
     port = await ingest.start()

@@ -205,10 +205,11 @@ async def env_factory() -> AsyncIterator[Callable[..., Awaitable[Env]]]:
 
     async def make(clock: Clock | None = None, **cfg: Any) -> Env:
         cfg.setdefault("validate_signature", False)  # signed upgrades: tests/unit/test_twilio_signature.py
-        config = TwilioIngestConfig(listen="127.0.0.1:0", **cfg)
+        max_frame_bytes = cfg.pop("max_frame_bytes", 65536)  # a [ingest.websocket] key: the listener's bound
+        config = TwilioIngestConfig(**cfg)
         admission = FakeAdmission()
         metrics = Metrics()
-        ingest = TwilioIngest(config, admission, metrics, clock or SystemClock())
+        ingest = TwilioIngest(config, admission, metrics, clock or SystemClock(), max_frame_bytes=max_frame_bytes)
         port = await ingest.start()
         made.append(ingest)
         return Env(ingest, admission, metrics, f"ws://127.0.0.1:{port}{config.path}")

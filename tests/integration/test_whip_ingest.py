@@ -122,7 +122,7 @@ def whip_tasks() -> list[asyncio.Task[Any]]:
 
 async def assert_nothing_left(w: Whip) -> None:
     await until(lambda: w.ingest.open_sessions == 0 and not whip_tasks())
-    assert w.ingest.stats()["reader_tasks"] == 0
+    assert w.ingest.stats()["live_tracks"] == 0
     assert all(c.end_reason is not None for c in w.admission.calls)
 
 
@@ -213,7 +213,7 @@ async def test_publish_then_delete(whip: Whip, http: aiohttp.ClientSession) -> N
         assert call.legs["track-0"].rates == {48000}  # Opus decoded, one channel taken, never resampled here
         assert call.formats["track-0"].codec is Codec.OPUS
         stats = whip.ingest.stats()
-        assert (stats["sessions"], stats["calls"], stats["reader_tasks"]) == (1, 1, 1)
+        assert (stats["sessions"], stats["calls"], stats["live_tracks"]) == (1, 1, 1)
         assert await pub.delete(http) == 200
         assert call.end_reason == "delete"
         await assert_nothing_left(whip)

@@ -107,3 +107,28 @@ def test_resampler_rejects_bad_rates_and_passes_through() -> None:
     r = StreamResampler(16000)
     x = tone(16000, 0.1)
     assert r.process(x) is x and len(r.flush()) == 0
+
+
+def test_g711_fast_path_cuts_chunks_where_the_general_path_does() -> None:
+    """PCMU payloads (held undecoded, one comparison per push) and the same audio decoded to L16 (held
+    decoded) complete every chunk at the same payload, silence and a rate switch included."""
+    from daemon.audio.codecs import decode_ulaw
+
+    ulaw = encode_ulaw(tone(8000, 6.0, freq=300.0))
+    raw, pcm = LegAudioPath(PCMU_8K), LegAudioPath(AudioFormat(Codec.L16_LE, 8000))
+    cut_raw: list[tuple[int, int]] = []
+    cut_pcm: list[tuple[int, int]] = []
+    for i in range(0, len(ulaw), 160):
+        payload = ulaw[i:i + 160]
+        cut_raw += [(i, len(c)) for c in raw.push(payload)]
+        cut_pcm += [(i, len(c)) for c in pcm.push(decode_ulaw(payload).tobytes())]
+        if i == 160 * 101:
+            cut_raw += [(i, len(c)) for c in raw.push_silence(0.33)]
+            cut_pcm += [(i, len(c)) for c in pcm.push_silence(0.33)]
+        if i == 160 * 202:
+            cut_raw += [(i, len(c)) for c in raw.push_pcm(tone(48000, 0.4), 48000)]
+            cut_pcm += [(i, len(c)) for c in pcm.push_pcm(tone(48000, 0.4), 48000)]
+    cut_raw += [(-1, len(c)) for c in raw.flush()]
+    cut_pcm += [(-1, len(c)) for c in pcm.flush()]
+    assert len(cut_raw) > 25
+    assert cut_raw == cut_pcm

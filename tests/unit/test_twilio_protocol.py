@@ -331,3 +331,66 @@ def test_errors_after_start_are_never_fatal() -> None:
     p = started_parser(max_problems_before_start=1)
     for _ in range(10):
         assert not only_problem(p.receive_text("junk", 0.0)).fatal
+
+
+# the typed fast path (msgspec) and the general path (json.loads) give the same events ------------------
+def general_only(p: TwilioStreamParser) -> TwilioStreamParser:
+    p._fast_media = lambda text, now: None  # type: ignore[method-assign]
+    return p
+
+
+def test_well_formed_media_takes_the_fast_path() -> None:
+    p = started_parser()
+    assert p._fast_media(json.dumps(media_msg()), 0.0) == [Media("inbound", 1, 0, FRAME)]
+    # anything else is left to the general path, which gives the exact reason
+    assert p._fast_media(json.dumps(media_msg(b64="!!!!")), 0.0) is None
+    assert p._fast_media(json.dumps({"event": "mark", "streamSid": SID, "mark": {"name": "x"}}), 0.0) is None
+
+
+_ODD_VALUES: list[Any] = ["", "12", "-3", "1.5", "٣", "1" * 16, 7, -1, True, None, [], {}, "inbound", "outbound_track"]
+_B64S = [base64.b64encode(FRAME).decode(), "", "AAA", "AA==", "A===", "AA=A", "AB\nC", "AB C", "****", "QQ", "QUJD",
+         "QUJD\u00e9", base64.urlsafe_b64encode(b"\xfb\xff" * 3).decode()]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_and_general_paths_agree_on_any_media_message(seed: int) -> None:
+    """Media messages with every field in turn missing, mistyped or odd: the parser with its fast path
+    and one with the general path only return the same events (drop reasons, audio, timing)."""
+    import random
+
+    rng = random.Random(seed)
+    fast, slow = started_parser(), general_only(started_parser())
+    for n in range(400):
+        msg: dict[str, Any] = media_msg(chunk=n + 1, ts=20 * n + rng.choice([0, 0, 0, 15, 500, -40]),
+                                       b64=rng.choice(_B64S) if rng.random() < 0.5 else None)
+        roll = rng.random()
+        if roll < 0.15:
+            key = rng.choice(["track", "chunk", "timestamp", "payload"])
+            if rng.random() < 0.3:
+                del msg["media"][key]
+            else:
+                msg["media"][key] = rng.choice(_ODD_VALUES)
+        elif roll < 0.2:
+            msg["streamSid"] = rng.choice([None, "MZother", 5, SID])
+        elif roll < 0.25:
+            msg["media"] = rng.choice([None, [], "x", {}])
+        elif roll < 0.3:
+            msg["event"] = rng.choice(["mark", "dtmf", "MEDIA", 3])
+        text = json.dumps(msg)
+        if rng.random() < 0.05:
+            text = text[: rng.randrange(len(text))]  # truncated: invalid JSON on both paths
+        now = n * 0.02 + rng.choice([0.0, 0.0, 0.3])
+        assert fast.receive_text(text, now) == slow.receive_text(text, now), text
+    stop = json.dumps({"event": "stop", "streamSid": SID})
+    assert fast.receive_text(stop, 9.0) == slow.receive_text(stop, 9.0) == [Stopped()]
+    after = json.dumps(media_msg())
+    assert only_problem(fast.receive_text(after, 9.1)) == only_problem(slow.receive_text(after, 9.1))
+
+
+def test_duplicate_keys_mean_the_same_on_both_paths() -> None:
+    """json.loads keeps the last of duplicate keys: the fast path must not read a message otherwise."""
+    body = json.dumps(media_msg())[1:-1]
+    for text in ['{' + body + ', "event": "stop"}', '{"event": "stop", ' + body + '}',
+                 '{' + body + ', "streamSid": "MZother"}', '{' + body + ', "media": {"track": "inbound"}}']:
+        fast, slow = started_parser(), general_only(started_parser())
+        assert fast.receive_text(text, 0.0) == slow.receive_text(text, 0.0), text

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.ingest.whip.media import FrameBatcher, first_channel
+from daemon.ingest.whip.media import first_channel, group_by_rate
 from daemon.ingest.whip.protocol import (
     MAX_AUDIO_TRACKS,
     MAX_METADATA_PARAMS,
@@ -144,20 +146,16 @@ def test_first_channel_never_mixes_speakers() -> None:
     assert np.array_equal(first_channel(mono, 1, planar=False), left)
 
 
-def test_batcher_conserves_samples_and_splits_on_rate_change() -> None:
-    b = FrameBatcher(0.1)
-    out = []
-    for i in range(12):
-        out += b.push(np.full(960, i, np.int16), 48000, float(i))
-    assert [len(x.samples) for x in out] == [4800, 4800]
-    assert [x.received_at for x in out] == [0.0, 5.0]  # latency counts from the batch's first frame
-    out2 = b.push(np.zeros(160, np.int16), 8000, 12.0)  # rate change: the 48 kHz rest goes first
-    assert [(len(x.samples), x.rate) for x in out2] == [(1920, 48000)]
-    tail = b.flush()
-    assert [(len(x.samples), x.rate) for x in tail] == [(160, 8000)]
-    assert b.flush() == []
-    joined = np.concatenate([x.samples for x in out + out2])
-    assert np.array_equal(joined, np.repeat(np.arange(12, dtype=np.int16), 960))
+def test_group_by_rate_conserves_samples_and_splits_on_rate_change() -> None:
+    parts = [(np.full(960, i, np.int16), 48000, float(i)) for i in range(3)]
+    parts += [(np.full(160, 3, np.int16), 8000, 3.0), (np.full(960, 4, np.int16), 48000, 4.0)]
+    out = group_by_rate(parts)
+    assert [(len(b.samples), b.rate, b.received_at) for b in out] == [(2880, 48000, 0.0), (160, 8000, 3.0),
+                                                                      (960, 48000, 4.0)]
+    joined = np.concatenate([b.samples for b in out])
+    assert np.array_equal(joined, np.concatenate([p[0] for p in parts]))
+    assert all(b.samples.flags.c_contiguous for b in out)
+    assert group_by_rate([]) == []
 
 
 # any input ----------------------------------------------------------------------------------------
@@ -174,3 +172,54 @@ def test_any_body_is_an_offer_or_a_clear_refusal(text: str) -> None:
     else:
         assert 1 <= len(offer.legs) <= MAX_AUDIO_TRACKS
         assert len({leg for _, leg in offer.legs}) == len(offer.legs)
+
+
+# frame tap (aiortc's encoded frames on the loop) -------------------------------------------------
+async def test_tap_decodes_one_iterations_frames_together_and_ends_once() -> None:
+    import fractions
+
+    import av
+    from aiortc.codecs.opus import OpusEncoder
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from daemon.clock import SystemClock
+    from daemon.ingest.whip.tap import FrameTap
+
+    class Receiver:  # stands for aiortc's RTCRtpReceiver before it starts
+        def __init__(self) -> None:
+            self._RTCRtpReceiver__decoder_queue: object = None
+            self._RTCRtpReceiver__started = False
+
+    got: list[tuple[list[int], int]] = []
+    ended: list[bool] = []
+    drops: list[str] = []
+    tap = FrameTap(clock=SystemClock(), on_batches=lambda b, n: got.append(([len(x.samples) for x in b], n)),
+                   on_end=lambda: ended.append(True), on_drop=drops.append)
+    receiver = Receiver()
+    tap.install(receiver)
+    assert receiver._RTCRtpReceiver__decoder_queue is tap
+    assert tap.get() is None  # aiortc's decoder thread ends at its first question
+
+    enc = OpusEncoder()
+    codec = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    packets: list[bytes] = []
+    for i in range(4):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.int16), format="s16", layout="mono")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, i * 960, fractions.Fraction(1, 48000)
+        packets += enc.encode(frame)[0]
+    assert packets
+    for n, data in enumerate(packets):
+        tap.put((codec, JitterFrame(data=data, timestamp=n * 960)))
+    tap.put((codec, JitterFrame(data=b"\xff\xff\xff", timestamp=0)))  # not Opus
+    assert got == []  # decoded on the next loop iteration, together
+    for _ in range(50):
+        if got:
+            break
+        await asyncio.sleep(0)
+    assert got == [([960 * len(packets)], len(packets) + 1)]
+    assert drops == ["decode_error"]
+    tap.put(None)
+    tap.put(None)
+    tap.put((codec, JitterFrame(data=packets[0], timestamp=0)))  # after the end: ignored
+    assert ended == [True] and tap.ended and len(got) == 1

@@ -78,6 +78,8 @@ class RtpIngest:
         self._accepting = True
         self._tick: asyncio.TimerHandle | None = None
         self._refused_until: dict[int, float] = {}
+        #: calls whose lifetime a signalling dialog owns (SIPREC): silence (hold) does not end their legs
+        self._signalled: set[str] = set()
         self._frames_in = metrics.frames_in.labels(INGEST)  # resolved once: this is per datagram
         self._source_mismatch = metrics.drops.labels(INGEST, "source_mismatch")
 
@@ -96,10 +98,11 @@ class RtpIngest:
                 for p, sock, rtcp in ((port, rtp_sock, False), (port + 1, rtcp_sock, True)):
                     transport, _ = await loop.create_datagram_endpoint(
                         functools.partial(_Endpoint, self, p, rtcp), sock=sock)
-                    if cfg.datagram_max_bytes:
+                    if cfg.datagram_max_bytes and hasattr(transport, "max_size"):
                         # CPython's _SelectorDatagramTransport reads with recvfrom(self.max_size); 256 KiB per
-                        # packet dominates the cost at tens of thousands of packets per second.
-                        transport.max_size = cfg.datagram_max_bytes  # type: ignore[attr-defined]
+                        # packet dominates the cost at tens of thousands of packets per second. (uvloop's
+                        # transport has no such attribute and sizes its own reads.)
+                        transport.max_size = cfg.datagram_max_bytes
                     self.transports.append(transport)
                 self.rtp_ports.append(port)
         except BaseException:
@@ -158,8 +161,11 @@ class RtpIngest:
         return [p for p in self.rtp_ports if p not in self.legs and p not in self._refused_until]
 
     def allocate(self, call_id: str, leg_names: list[str], codec_maps: dict[str, dict[int, PayloadSpec]],
-                 metadata: dict[str, str]) -> dict[str, int]:
-        """Admit a call and give each leg a port. Raises CallRefused (no ports, limits, duplicate)."""
+                 metadata: dict[str, str], *, ingest: str = INGEST, signalled: bool = False) -> dict[str, int]:
+        """Admit a call and give each leg a port. Raises CallRefused (no ports, limits, duplicate).
+        `ingest`: the name the call is admitted under (its webhooks and limits: "siprec" for SIPREC).
+        `signalled`: a signalling dialog owns the call's lifetime (it ends through `end_call`), so legs
+        do not end after `inactivity_timeout_ms` of silence (a call on hold sends nothing)."""
         if not self._accepting:
             raise CallRefused("shutting_down")
         if call_id in self.calls:
@@ -168,8 +174,10 @@ class RtpIngest:
         if len(ports) < len(leg_names):
             self.metrics.calls_refused.labels(INGEST, "no_free_ports").inc()
             raise CallRefused("no_free_ports", "no free RTP ports in the configured range")
-        handle = self.admission.admit(CallInfo(call_id, INGEST, {**metadata, "rtp_ports": ",".join(map(str, ports))}))
+        handle = self.admission.admit(CallInfo(call_id, ingest, {**metadata, "rtp_ports": ",".join(map(str, ports))}))
         call = RtpCall(call_id, handle)
+        if signalled:
+            self._signalled.add(call_id)
         self.calls[call_id] = call
         out = {}
         for name, port in zip(leg_names, ports, strict=True):
@@ -179,6 +187,11 @@ class RtpIngest:
             self.legs[port] = leg
             out[name] = port
         return out
+
+    def packets(self, call_id: str) -> int:
+        """RTP packets received so far on a call's ports; -1 when no such call is live."""
+        call = self.calls.get(call_id)
+        return -1 if call is None else sum(lg.packets for lg in call.legs.values())
 
     def end_call(self, call_id: str, reason: str) -> bool:
         call = self.calls.get(call_id)
@@ -309,7 +322,8 @@ class RtpIngest:
             play_out(leg, now, self._drop)
         self._report(leg)
         bye = leg.bye_at is not None and now - leg.bye_at >= BYE_GRACE_S
-        if bye or now - leg.last_arrival >= self.cfg.inactivity_timeout_ms / 1000:
+        idle = now - leg.last_arrival >= self.cfg.inactivity_timeout_ms / 1000
+        if bye or (idle and leg.call.call_id not in self._signalled):
             self._finish_leg(leg, now, "rtcp_bye" if bye else "inactivity")
 
     def _finish_leg(self, leg: PortLeg, now: float, reason: str) -> None:
@@ -365,6 +379,7 @@ class RtpIngest:
         call_over = all(lg.ended for lg in call.legs.values())
         if call_over:
             self.calls.pop(call.call_id, None)
+            self._signalled.discard(call.call_id)
         try:
             if leg.sink is not None:
                 leg.sink.close()

@@ -62,6 +62,11 @@ class _TrackState:
     last_ts_ms: int
     last_arrival: float
     last_frame_s: float  # duration of the previous frame's audio
+    last_bytes: int  # its size in bytes
+    frame_ms: int = 0  # its duration in whole ms (set with last_bytes)
+
+    def __post_init__(self) -> None:
+        self.frame_ms = round(self.last_bytes / _BYTES_PER_MS)
 
 
 class MediaTiming:
@@ -74,11 +79,10 @@ class MediaTiming:
 
     def observe(self, track: Track, ts_ms: int, payload_bytes: int, now: float) -> Gap | Lag | Backwards | None:
         """One media frame of `payload_bytes` μ-law bytes stamped `ts_ms`, arrived at `now`."""
-        frame_s = payload_bytes / MULAW_RATE
-        next_ts_ms = ts_ms + round(payload_bytes / _BYTES_PER_MS)
         state = self._tracks.get(track)
         if state is None:
-            self._tracks[track] = _TrackState(next_ts_ms, ts_ms, now, frame_s)
+            self._tracks[track] = _TrackState(ts_ms + round(payload_bytes / _BYTES_PER_MS), ts_ms, now,
+                                              payload_bytes / MULAW_RATE, payload_bytes)
             return None
         event: Gap | Lag | Backwards | None = None
         jump_ms = ts_ms - state.next_ts_ms
@@ -90,10 +94,13 @@ class MediaTiming:
             late = (now - state.last_arrival) - (ts_ms - state.last_ts_ms) / 1000
             if late > self.lag_threshold_s:
                 event = Lag(track, late)
-        state.next_ts_ms = next_ts_ms
+        if payload_bytes != state.last_bytes:  # frames keep one size: compute its duration once
+            state.last_bytes = payload_bytes
+            state.last_frame_s = payload_bytes / MULAW_RATE
+            state.frame_ms = round(payload_bytes / _BYTES_PER_MS)
+        state.next_ts_ms = ts_ms + state.frame_ms
         state.last_ts_ms = ts_ms
         state.last_arrival = now
-        state.last_frame_s = frame_s
         return event
 
     def _gap(self, track: Track, lost: float, state: _TrackState, now: float) -> Gap:

@@ -95,6 +95,9 @@ class WebsocketListener:
             compression=None,  # negotiated per route in _process_request
             server_header=None,
             reuse_port=self.reuse_port,
+            # media forks send small frames that are handled as they arrive: a short queue caps what a
+            # stalled handler can hold per connection (4 × max_size instead of 16 ×)
+            max_queue=4,
         )
         sock: socket.socket = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])

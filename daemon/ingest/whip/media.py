@@ -1,8 +1,12 @@
-"""Decoded WebRTC audio frames → one speaker's mono samples, batched for the leg (sans-I/O).
+"""Decoded WebRTC audio frames → one speaker's mono samples, grouped for the leg (sans-I/O).
 
-aiortc decodes Opus to 48 kHz *stereo* s16 packed frames (960 samples per 20 ms), G.711 to 8 kHz mono
-and G.722 to 16 kHz mono. A leg is one speaker, so a stereo frame gives its first channel: averaging
+aiortc's decoders give Opus as 48 kHz *stereo* s16 packed frames (960 samples per 20 ms), G.711 as 8 kHz
+mono and G.722 as 16 kHz mono. A leg is one speaker, so a stereo frame gives its first channel: averaging
 two channels could mix two people (a publisher may put caller and agent left and right).
+
+The frames a track received in one event-loop iteration go to the leg together, in one `push_pcm` (one
+soxr call). A chunk's latency then counts from the arrival of the group's *first* frame: at most one
+loop iteration before the frame that completed the chunk, so the latency is never under-reported.
 """
 
 from __future__ import annotations
@@ -13,9 +17,6 @@ import numpy as np
 import numpy.typing as npt
 
 Pcm = npt.NDArray[np.int16]
-
-#: decoded audio handed to the leg in one push_pcm: one soxr call per 100 ms instead of per 20 ms frame
-BATCH_S = 0.1
 
 
 def first_channel(planes: npt.NDArray[np.int16], channels: int, planar: bool) -> Pcm:
@@ -31,38 +32,27 @@ def first_channel(planes: npt.NDArray[np.int16], channels: int, planar: bool) ->
 class Batch:
     samples: Pcm
     rate: int
-    #: arrival of the batch's first frame: chunk latency then includes the batching delay
+    #: arrival of the batch's first frame (monotonic s)
     received_at: float
 
 
-class FrameBatcher:
-    """Collects one leg's mono frames into ~`batch_s` arrays. A rate change closes the batch first.
-    Call `flush()` at leg end or up to `batch_s` of audio is lost."""
+def group_by_rate(parts: list[tuple[Pcm, int, float]]) -> list[Batch]:
+    """(mono samples, rate, arrival) frames in order → one contiguous batch per run of equal rate."""
+    out: list[Batch] = []
+    run: list[Pcm] = []
+    rate, first_at = 0, 0.0
 
-    def __init__(self, batch_s: float = BATCH_S) -> None:
-        self.batch_s = batch_s
-        self._parts: list[Pcm] = []
-        self._samples = 0
-        self._rate = 0
-        self._first_at = 0.0
+    def close() -> None:
+        joined = run[0] if len(run) == 1 else np.concatenate(run)
+        out.append(Batch(np.ascontiguousarray(joined, dtype=np.int16), rate, first_at))
 
-    def push(self, samples: Pcm, rate: int, received_at: float) -> list[Batch]:
-        out: list[Batch] = []
-        if self._parts and rate != self._rate:
-            out += self.flush()
-        if not self._parts:
-            self._rate = rate
-            self._first_at = received_at
-        self._parts.append(samples)
-        self._samples += len(samples)
-        if self._samples >= self.batch_s * rate:
-            out += self.flush()
-        return out
-
-    def flush(self) -> list[Batch]:
-        if not self._parts:
-            return []
-        joined = self._parts[0].copy() if len(self._parts) == 1 else np.concatenate(self._parts)
-        batch = Batch(np.ascontiguousarray(joined, dtype=np.int16), self._rate, self._first_at)
-        self._parts, self._samples = [], 0
-        return [batch]
+    for samples, r, at in parts:
+        if run and r != rate:
+            close()
+            run = []
+        if not run:
+            rate, first_at = r, at
+        run.append(samples)
+    if run:
+        close()
+    return out

@@ -45,7 +45,8 @@ from daemon.ingest.whip.protocol import (
     check_offer,
     parse_sdp,
 )
-from daemon.ingest.whip.session import INGEST, TrackLeg, WhipSession
+from daemon.ingest.whip.session import INGEST, WhipSession
+from daemon.ingest.whip.tap import check_aiortc
 from daemon.model import CallInfo
 from daemon.ops.metrics import Metrics
 
@@ -95,6 +96,7 @@ class WhipIngest:
                 "publishers must send (environment variable or systemd credential), or set [ingest.whip] "
                 "enabled = false")
         self._token = token
+        check_aiortc()
         app = web.Application(client_max_size=MAX_SDP_BYTES)
         app.on_response_prepare.append(self._cors)
         path = self.cfg.path
@@ -149,7 +151,7 @@ class WhipIngest:
     def stats(self) -> dict[str, int]:
         sessions = list(self._sessions.values())
         return {"sessions": len(sessions), "calls": sum(1 for s in sessions if s.started),
-                "reader_tasks": sum(s.reader_count for s in sessions),
+                "live_tracks": sum(s.live_tracks for s in sessions),
                 "track_queue_peak": max((s.queue_peak for s in sessions), default=0)}
 
     # HTTP --------------------------------------------------------------------------------------
@@ -289,7 +291,7 @@ class WhipIngest:
             used.add(leg)
             fmt = formats.get(t.mid or "") or offer.legs[0][0].audio_format()
             assert fmt is not None  # check_offer refused offers without a supported audio codec
-            session.tracks.append(TrackLeg(t.receiver.track, leg, fmt))
+            session.add_track(t.receiver, leg, fmt)
         return answer
 
     def _admit(self, session_id: str, asked_id: str, metadata: dict[str, str]) -> CallHandle | None:

@@ -1,9 +1,9 @@
-"""One WHIP session: its RTCPeerConnection, one reader task per received audio track, its call.
+"""One WHIP session: its RTCPeerConnection, one frame tap per received audio track, its call.
 
-The session owns everything it starts: the peer connection (closed in `close()`), the reader tasks
-(cancelled and awaited) and its close task. aiortc puts decoded frames on an *unbounded* asyncio
-queue per track, so each reader drains `track.recv()` at once and does only a channel pick and a
-batch append per frame; the leg's decode-free path (`push_pcm`) runs every 100 ms.
+The session owns everything it starts: the peer connection (closed in `close()`), the taps (closed
+there) and its close task. Each track's encoded frames come out of aiortc on the event loop through a
+`FrameTap` (daemon/ingest/whip/tap.py: no decoder thread, no queue): the frames of one loop iteration
+are decoded together and go to the leg in one `push_pcm`.
 
 A session ends once, with the first of: DELETE, the peer connection failing or closing (ICE/DTLS),
 every track ending, no frame for the inactivity timeout (checked by the ingest), shutdown. Its call
@@ -13,31 +13,33 @@ ends with that reason and its summary goes out as for any call.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.calls.api import CallHandle, LegSink
 from daemon.clock import Clock
-from daemon.ingest.whip.media import Batch, FrameBatcher, first_channel
+from daemon.ingest.whip.media import Batch
+from daemon.ingest.whip.tap import FrameTap
 from daemon.model import AudioFormat
 from daemon.ops.metrics import Metrics
 
 log = logging.getLogger("spoofwatch.ingest.whip")
 
 INGEST = "whip"
-#: aiortc's close stops transports and decoder threads; it has never taken long, but a shutdown must
-#: not hang on it
+#: aiortc's close stops transports; it has never taken long, but a shutdown must not hang on it
 PC_CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass
 class TrackLeg:
-    track: Any  # aiortc MediaStreamTrack (kind "audio")
     leg: str
     fmt: AudioFormat
+    tap: FrameTap
+    #: the leg, opened at the first audio; None after a failed open (the track's audio is dropped)
+    sink: LegSink | None = None
+    opened: bool = field(default=False)
 
 
 class WhipSession:
@@ -54,10 +56,9 @@ class WhipSession:
         #: last frame on any track (session creation until the first): the inactivity clock
         self.last_activity = self.created_at
         self.frames = 0
-        #: the longest aiortc track queue a reader found after a frame (how far it fell behind)
+        #: the most frames one track got in one loop iteration (how far the loop fell behind)
         self.queue_peak = 0
         self.end_reason = ""
-        self._readers: set[asyncio.Task[None]] = set()
         self._close_task: asyncio.Task[None] | None = None
         self._on_closed = on_closed
         self._frames_in = metrics.frames_in.labels(INGEST)
@@ -71,58 +72,50 @@ class WhipSession:
         return self.handle is not None
 
     @property
-    def reader_count(self) -> int:
-        return len(self._readers)
+    def live_tracks(self) -> int:
+        """Tracks still taking frames."""
+        return sum(1 for t in self.tracks if not t.tap.ended)
+
+    # setting up --------------------------------------------------------------------------------
+    def add_track(self, receiver: Any, leg: str, fmt: AudioFormat) -> TrackLeg:
+        """Tap `receiver` (aiortc RTCRtpReceiver, not started yet) as the leg `leg`."""
+        box: list[TrackLeg] = []
+        tap = FrameTap(clock=self.clock, on_batches=lambda b, n: self._on_audio(box[0], b, n),
+                       on_end=self._track_ended, on_drop=self._drop)
+        tap.install(receiver)
+        tl = TrackLeg(leg, fmt, tap)
+        box.append(tl)
+        self.tracks.append(tl)
+        return tl
 
     # running -----------------------------------------------------------------------------------
     def start(self, handle: CallHandle) -> None:
-        """The call was admitted: drain every track into its leg."""
+        """The call was admitted: every track's audio now goes to its leg."""
         self.handle = handle
         self.call_id = handle.info.call_id
         self.last_activity = self.clock.monotonic()
-        loop = asyncio.get_running_loop()
-        for tl in self.tracks:
-            task = loop.create_task(self._read(tl), name=f"whip:{self.id}:{tl.leg}")
-            self._readers.add(task)
-            task.add_done_callback(self._reader_done)
 
-    async def _read(self, tl: TrackLeg) -> None:
-        from aiortc.mediastreams import MediaStreamError
+    def _on_audio(self, tl: TrackLeg, batches: list[Batch], frames: int) -> None:
+        self.last_activity = self.clock.monotonic()
+        self.frames += frames
+        self._frames_in.inc(frames)
+        self.queue_peak = max(self.queue_peak, frames)
+        if self.handle is None:
+            self.metrics.drops.labels(INGEST, "before_start").inc(frames)
+            return
+        if not tl.opened:
+            tl.opened = True
+            tl.sink = self._open_leg(tl)
+        if tl.sink is not None:
+            for b in batches:
+                tl.sink.push_pcm(b.samples, b.rate, b.received_at)
 
-        assert self.handle is not None
-        legs: list[LegSink | None] = []  # opened at the first batch; [None]: could not be opened, audio dropped
-        batcher = FrameBatcher()
-        queue = getattr(tl.track, "_queue", None)  # aiortc internals, read only to measure backlog
+    def _drop(self, reason: str) -> None:
+        self.metrics.drops.labels(INGEST, reason).inc()
 
-        def deliver(batches: list[Batch]) -> None:
-            if not legs:
-                legs.append(self._open_leg(tl))
-            sink = legs[0]
-            if sink is not None:
-                for b in batches:
-                    sink.push_pcm(b.samples, b.rate, b.received_at)
-
-        try:
-            while True:
-                try:
-                    frame = await tl.track.recv()
-                except MediaStreamError:
-                    return
-                now = self.clock.monotonic()
-                self.last_activity = now
-                self.frames += 1
-                self._frames_in.inc()
-                if queue is not None:
-                    self.queue_peak = max(self.queue_peak, queue.qsize())
-                samples = first_channel(frame.to_ndarray(), len(frame.layout.channels), frame.format.is_planar)
-                batches = batcher.push(samples, frame.sample_rate, now)
-                if batches:
-                    deliver(batches)
-        finally:
-            # cancelled by close(), or the track ended: what was batched still goes to the leg
-            tail = batcher.flush()
-            if tail:
-                deliver(tail)
+    def _track_ended(self) -> None:
+        if self.live_tracks == 0 and not self.closing:
+            self.begin_close("tracks_ended")
 
     def _open_leg(self, tl: TrackLeg) -> LegSink | None:
         assert self.handle is not None
@@ -133,14 +126,6 @@ class WhipSession:
             log.warning("could not open leg %s", tl.leg, exc_info=True, extra={"call_id": self.call_id})
             self.metrics.drops.labels(INGEST, "leg_open_failed").inc()
             return None
-
-    def _reader_done(self, task: asyncio.Task[None]) -> None:
-        self._readers.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("whip track reader failed", exc_info=task.exception(), extra={"call_id": self.call_id})
-            self.metrics.drops.labels(INGEST, "reader_error").inc()
-        if not self._readers and not self.closing:
-            self.begin_close("tracks_ended")
 
     def on_connection_state(self) -> None:
         state = self.pc.connectionState
@@ -164,12 +149,9 @@ class WhipSession:
 
     async def _close(self) -> None:
         try:
-            readers = list(self._readers)
-            for task in readers:
-                task.cancel()
-            for task in readers:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task  # each flushes its batch to the leg on the way out
+            for tl in self.tracks:
+                tl.tap.drain()  # what arrived still goes to the leg
+                tl.tap.close()
             if self.handle is not None:
                 self.handle.end(self.end_reason)
             try:
