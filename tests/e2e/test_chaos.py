@@ -32,6 +32,7 @@ def committed_event_ids(db: Path) -> set[str]:
         return {row[0] for row in conn.execute("SELECT id FROM events")}
 
 
+@pytest.mark.timeout(400)  # 50 daemon starts and kills: about 2 minutes on a quiet 2-core machine
 async def test_sigkill_rounds_lose_nothing(tmp_path: Path) -> None:
     rng = random.Random(20261123)
     db = tmp_path / "outbox.sqlite3"
