@@ -209,8 +209,9 @@ async def test_publish_then_delete(whip: Whip, http: aiohttp.ClientSession) -> N
         [call] = whip.admission.calls
         assert call.info.call_id == "call_42" and call.info.ingest == "whip"
         assert call.info.metadata["agent"] == "7" and call.info.metadata["whip_session"] in pub.location
-        await until(lambda: "track-0" in call.legs and call.legs["track-0"].samples >= 48000)
-        assert call.legs["track-0"].rates == {48000}  # Opus decoded, one channel taken, never resampled here
+        await until(lambda: "track-0" in call.legs and call.legs["track-0"].samples >= 16000)
+        # Opus decoded by libopus straight to the detector's 16 kHz, one channel taken
+        assert call.legs["track-0"].rates == {16000}
         assert call.formats["track-0"].codec is Codec.OPUS
         stats = whip.ingest.stats()
         assert (stats["sessions"], stats["calls"], stats["live_tracks"]) == (1, 1, 1)

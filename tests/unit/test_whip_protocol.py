@@ -191,10 +191,10 @@ async def test_tap_decodes_one_iterations_frames_together_and_ends_once() -> Non
             self._RTCRtpReceiver__decoder_queue: object = None
             self._RTCRtpReceiver__started = False
 
-    got: list[tuple[list[int], int]] = []
+    got: list[tuple[list[tuple[int, int]], int]] = []
     ended: list[bool] = []
     drops: list[str] = []
-    tap = FrameTap(clock=SystemClock(), on_batches=lambda b, n: got.append(([len(x.samples) for x in b], n)),
+    tap = FrameTap(clock=SystemClock(), on_batches=lambda b, n: got.append(([(len(x.samples), x.rate) for x in b], n)),
                    on_end=lambda: ended.append(True), on_drop=drops.append)
     receiver = Receiver()
     tap.install(receiver)
@@ -217,9 +217,57 @@ async def test_tap_decodes_one_iterations_frames_together_and_ends_once() -> Non
         if got:
             break
         await asyncio.sleep(0)
-    assert got == [([960 * len(packets)], len(packets) + 1)]
+    [([(samples, rate)], frames)] = got  # one batch: 20 ms per packet, at libopus' 16 kHz (or PyAV's 48)
+    assert rate in (16000, 48000) and samples == rate // 50 * len(packets) and frames == len(packets) + 1
     assert drops == ["decode_error"]
     tap.put(None)
     tap.put(None)
     tap.put((codec, JitterFrame(data=packets[0], timestamp=0)))  # after the end: ignored
     assert ended == [True] and tap.ended and len(got) == 1
+
+
+def _opus_packets(channels: int, left: np.ndarray, right: np.ndarray) -> list[bytes]:
+    import av
+
+    enc = av.CodecContext.create("libopus", "w")
+    enc.sample_rate, enc.format, enc.bit_rate = 48000, "s16", 64000
+    enc.layout = "stereo" if channels == 2 else "mono"
+    out: list[bytes] = []
+    for i in range(0, len(left) - 959, 960):
+        pcm = np.stack([left[i:i + 960], right[i:i + 960]], axis=1).reshape(1, -1) if channels == 2 \
+            else left[i:i + 960].reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout=enc.layout.name)
+        frame.sample_rate, frame.pts = 48000, i
+        out += [bytes(p) for p in enc.encode(frame)]
+    return out
+
+
+@pytest.mark.parametrize("system_libopus", [True, False])
+def test_track_decoder_takes_the_first_channel_of_stereo_opus_never_the_average(
+        system_libopus: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from daemon.ingest.whip import libopus
+    from daemon.ingest.whip.decode import TrackDecoder
+
+    if system_libopus:
+        assert libopus.OpusDecoder.available(), "libopus.so.0 (Debian libopus0) is not installed"
+    else:  # the PyAV fallback
+        monkeypatch.setattr(libopus.OpusDecoder, "available", staticmethod(lambda: False))
+    want_rate = 16000 if system_libopus else 48000
+
+    opus = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111)
+    t = np.arange(48000 // 2)
+    tone = (np.sin(2 * np.pi * 440 * t / 48000) * 12000).astype(np.int16)
+    silence = np.zeros_like(tone)
+    dec = TrackDecoder()
+    mono = [s for p in _opus_packets(1, tone, tone) for s in dec.decode(opus, JitterFrame(p, 0))]
+    assert mono and all(rate == want_rate and len(x) == rate // 50 for x, rate in mono)
+    stereo = [s for p in _opus_packets(2, tone, silence) for s in dec.decode(opus, JitterFrame(p, 0))]
+    assert stereo and all(rate == want_rate and len(x) == rate // 50 for x, rate in stereo)
+    rms = float(np.sqrt(np.mean(np.concatenate([x for x, _ in stereo[5:]]).astype(np.float64) ** 2)))
+    assert rms > 0.8 * 12000 / np.sqrt(2), rms  # the left speaker at full level: an average would be half
+    swapped = [s for p in _opus_packets(2, silence, tone) for s in TrackDecoder().decode(opus, JitterFrame(p, 0))]
+    rms_right = float(np.sqrt(np.mean(np.concatenate([x for x, _ in swapped[5:]]).astype(np.float64) ** 2)))
+    assert rms_right < 0.1 * rms, rms_right  # the right speaker never leaks into the leg

@@ -1,8 +1,7 @@
 """Decoded WebRTC audio frames → one speaker's mono samples, grouped for the leg (sans-I/O).
 
-aiortc's decoders give Opus as 48 kHz *stereo* s16 packed frames (960 samples per 20 ms), G.711 as 8 kHz
-mono and G.722 as 16 kHz mono. A leg is one speaker, so a stereo frame gives its first channel: averaging
-two channels could mix two people (a publisher may put caller and agent left and right).
+A leg is one speaker, so a stereo frame gives its first channel: averaging two channels could mix two
+people (a publisher may put caller and agent left and right). daemon/ingest/whip/decode.py decodes.
 
 The frames a track received in one event-loop iteration go to the leg together, in one `push_pcm` (one
 soxr call). A chunk's latency then counts from the arrival of the group's *first* frame: at most one

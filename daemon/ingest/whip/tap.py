@@ -14,8 +14,8 @@ hook, checked against the aiortc version at ingest start (`check_aiortc`):
   `get()` answers None at once, so the thread ends before any frame arrives. It only posts the end of the
   (unread) remote track.
 
-The frames a tap gets in one loop iteration are decoded together on the next one, with one aiortc
-decoder per track (per codec), and go to the session's callback in one call.
+The frames a tap gets in one loop iteration are decoded together on the next one, with one decoder per
+track (daemon/ingest/whip/decode.py), and go to the session's callback in one call.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.clock import Clock
-from daemon.ingest.whip.media import Batch, Pcm, first_channel, group_by_rate
+from daemon.ingest.whip.decode import TrackDecoder
+from daemon.ingest.whip.media import Batch, Pcm, group_by_rate
 
 log = logging.getLogger("spoofwatch.ingest.whip")
 
@@ -64,10 +65,10 @@ class FrameTap:
         self._on_batches = on_batches
         self._on_end = on_end
         self._on_drop = on_drop
-        self._pending: list[tuple[Any, Any, float]] = []  # (codec, JitterFrame, arrival)
+        #: (codec, JitterFrame, arrival): at most one loop iteration's frames, drained by the next one
+        self._pending: list[tuple[Any, Any, float]] = []
         self._scheduled: asyncio.Handle | None = None
-        self._decoder: Any = None
-        self._codec_name = ""
+        self._decoder = TrackDecoder()
 
     def install(self, receiver: Any) -> None:
         """Take `receiver`'s encoded frames; call before aiortc starts it (i.e. before the answer is sent)."""
@@ -84,7 +85,7 @@ class FrameTap:
         if item is None:
             self.drain()
             self.ended = True
-            self._decoder = None
+            self._decoder.close()
             self._on_end()
             return
         self._pending.append((item[0], item[1], self.clock.monotonic()))
@@ -107,10 +108,7 @@ class FrameTap:
         try:
             parts: list[tuple[Pcm, int, float]] = []
             for codec, frame, arrived in pending:
-                for decoded in self._decode(codec, frame):
-                    samples = first_channel(decoded.to_ndarray(), len(decoded.layout.channels),
-                                            decoded.format.is_planar)
-                    parts.append((samples, decoded.sample_rate, arrived))
+                parts += [(samples, rate, arrived) for samples, rate in self._decode(codec, frame)]
             self._on_batches(group_by_rate(parts), len(pending))
         except Exception:  # one track's bad iteration must not stop its later frames or other calls
             log.exception("whip track: %d frames could not be handled", len(pending))
@@ -123,20 +121,15 @@ class FrameTap:
             self._scheduled = None
         self._pending = []
         self.ended = True
-        self._decoder = None
+        self._decoder.close()
 
-    def _decode(self, codec: Any, frame: Any) -> list[Any]:
+    def _decode(self, codec: Any, frame: Any) -> list[tuple[Pcm, int]]:
         import av
-        from aiortc.codecs import get_decoder
 
-        if self._decoder is None or codec.name != self._codec_name:
-            self._decoder = get_decoder(codec)
-            self._codec_name = codec.name
         try:
-            out: list[Any] = self._decoder.decode(frame)
-            return out
-        except av.FFmpegError:
+            return self._decoder.decode(codec, frame)
+        except (av.FFmpegError, ValueError):
             # the decoder keeps its state, as aiortc's own worker does
-            log.debug("undecodable %s frame dropped", self._codec_name)
+            log.debug("undecodable %s frame dropped", codec.name)
             self._on_drop("decode_error")
             return []
