@@ -13,6 +13,7 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 command -v ip >/dev/null || need+=(iproute2)
+ldconfig -p 2>/dev/null | grep -q "libopus.so.0" || need+=(libopus0)  # WHIP decodes Opus to 16 kHz with it
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "installing system packages: ${need[*]}"
 sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
