@@ -58,8 +58,9 @@ class DaemonConfig:
                          "measured knee of one process on a 2-core VM, see benchmarks/README.md (~300 Twilio, "
                          "~500 RTP calls)",
                          min=1, max=100000)
-    capacity_calls: int = opt(500, "calls ONE process carries at its knee (chunk latency p99 <= 20 ms, no loss), "
-                              "as benchmarks/run.py measures it; the default is the knee measured on a 2-core VM "
+    capacity_calls: int = opt(200, "calls ONE process carries at its knee (chunk latency p99 <= 20 ms, no loss), "
+                              "as benchmarks/run.py measures it; the default is the Twilio knee measured on a "
+                              "2-core VM on 2026-12-01 "
                               "(benchmarks/README.md): measure yours. Only sets spoofwatch_capacity_headroom "
                               "(1 - calls_active / capacity_calls, alerted under 0.1); it refuses no call, "
                               "max_calls does", min=1, max=100000)
