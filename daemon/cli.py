@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-config": ("daemon.config_cli", "validate a config file (exit 0 good, 2 bad)"),
     "simulator": ("daemon.upstream.simulator.cli", "run the upstream simulator (a test double, not a detector)"),
     "analyze": ("daemon.analyze", "stream a WAV file through the audio path and print each result"),
-    "loadgen": ("daemon.loadgen.cli", "send test calls to a running daemon (every ingest: twilio, rtp, whip, the forks)"),
+    "loadgen": ("daemon.loadgen.cli", "send test calls to a running daemon (any ingest: twilio, rtp, whip, forks)"),
     "outbox": ("daemon.alerts.cli", "inspect and replay the webhook outbox"),
 }
 
