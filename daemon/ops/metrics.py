@@ -42,7 +42,7 @@ def exemplar(**labels: str) -> dict[str, str]:
 
 
 #: `[daemon] capacity_calls` until the daemon sets its own (the default there)
-DEFAULT_CAPACITY_CALLS = 500
+DEFAULT_CAPACITY_CALLS = 200
 
 
 def gauge_total(gauge: Gauge) -> float:
