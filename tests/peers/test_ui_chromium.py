@@ -99,7 +99,8 @@ async def test_page_shows_a_twilio_call_its_legs_verdict_and_delivered_alert(tmp
                 await page.fill("#login-token", UI_TOKEN)
                 await page.click("#login-go")
                 await page.wait_for_selector('#conn[data-state="live"]', timeout=10_000)
-                assert await page.get_attribute("#upstream", "data-simulated") == "true"
+                # drawn on the next frame after the state arrived: wait for it, do not race it
+                await page.wait_for_selector('#upstream[data-simulated="true"]', timeout=10_000)
                 assert await page.is_visible("#sim-banner")
 
                 url = f"ws://127.0.0.1:{daemon.ports['twilio']}/twilio"
@@ -183,10 +184,19 @@ async def test_page_reconnects_and_resyncs_after_a_daemon_restart(tmp_path: Path
             assert cfg.read_text() != text
             second = await start_daemon(cfg, env=env)
             url = f"ws://127.0.0.1:{second.ports['twilio']}/twilio"
-            gen = await start_loadgen(url, "--calls", "1", "--clip", "marked", "--param", "after=restart")
+            gen = await start_loadgen(url, "--calls", "1", "--clip", "marked", "--param", "after=restart",
+                                      capture=True)
             await page.wait_for_selector('#conn[data-state="live"]', timeout=30_000)
-            await page.wait_for_selector('article.call[data-verdict="spoofed"] .leg[data-leg="inbound"]',
-                                         timeout=60_000)
+            try:
+                await page.wait_for_selector('article.call[data-verdict="spoofed"] .leg[data-leg="inbound"]',
+                                             timeout=60_000)
+            except Exception:  # say what the page, the load generator and the daemon saw
+                out = (await gen.stdout.read()).decode(errors="replace") if gen.stdout else ""
+                print("page calls:", await page.eval_on_selector_all(
+                    "article.call", "els => els.map(e => [e.dataset.callId, e.dataset.verdict, e.dataset.state])"))
+                print("conn:", await page.get_attribute("#conn", "data-state"), "loadgen:", out[-1500:])
+                print("daemon:", "\n".join(second.messages()[-30:]))
+                raise
             assert "after=restart" in (await page.text_content("article.call .meta") or "")
             assert await asyncio.wait_for(gen.wait(), 60) == 0
     finally:

@@ -80,7 +80,8 @@ function connect() {
   if (es) es.close();
   setConn("connecting", "connecting…");
   es = new EventSource("/api/events");  // the UI cookie (POST /api/session) authenticates it
-  es.addEventListener("open", () => { retryMs = 1000; setConn("live", "live"); });
+  // "live" only once the full state has arrived (the stream's first event), not at the bare connect
+  es.addEventListener("open", () => { retryMs = 1000; setConn("syncing", "syncing…"); });
   es.addEventListener("state", (e) => { applyState(JSON.parse(e.data)); setConn("live", "live"); });
   es.addEventListener("call", (e) => onCall(JSON.parse(e.data)));
   es.addEventListener("result", (e) => onResult(JSON.parse(e.data)));
@@ -361,9 +362,14 @@ $("#login-go").addEventListener("click", login);
 $("#login-token").addEventListener("keydown", (e) => { if (e.key === "Enter") login(); });
 
 function frame() {
-  if (dirty) render();
+  // one bad render must not stop every later one: the loop is re-armed first
   requestAnimationFrame(frame);
+  if (dirty) render();
 }
-setInterval(() => { dirty = true; }, 1000);  // durations and the "now" cursor move
-requestAnimationFrame(frame);
-start();
+// Start once every script of the page has run (trywhip.js comes after this one and render() uses it):
+// a frame may otherwise fire between the two scripts on a busy machine.
+document.addEventListener("DOMContentLoaded", () => {
+  setInterval(() => { dirty = true; }, 1000);  // durations and the "now" cursor move
+  requestAnimationFrame(frame);
+  start();
+});
