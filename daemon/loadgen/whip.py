@@ -338,21 +338,9 @@ async def run_whip_calls(url: str, token: str, *, calls: int, samples_48k: npt.N
 
 def load_clip_48k(name: str) -> npt.NDArray[np.int16]:
     """A 16-bit PCM WAV (any rate; stereo → its first channel), or a bundled clip, at 48 kHz."""
-    import numpy as np
-    import soxr
+    from daemon.loadgen.twilio import load_clip
 
-    from daemon.loadgen.twilio import clip_path
-
-    path = clip_path(name)
-    with wave.open(str(path), "rb") as w:
-        if w.getsampwidth() != 2:
-            raise ValueError(f"{path}: only 16-bit PCM WAV is supported (got {8 * w.getsampwidth()}-bit)")
-        channels, rate = w.getnchannels(), w.getframerate()
-        raw = w.readframes(w.getnframes())
-    samples = np.frombuffer(raw, dtype="<i2").reshape(-1, channels)[:, 0]
-    if rate != RATE:
-        samples = soxr.resample(samples, rate, RATE)
-    return np.ascontiguousarray(samples, dtype=np.int16)
+    return load_clip(name, RATE)
 
 
 # CLI ---------------------------------------------------------------------------------------------
