@@ -157,7 +157,8 @@ class TwilioStreamParser:
             return []
         return self._problem("binary_frame", f"{len(data)} bytes")
 
-    def receive_text(self, text: str, now: float) -> list[TwilioEvent]:
+    def receive_text(self, text: str | bytes, now: float) -> list[TwilioEvent]:
+        """One text message, as str or as its UTF-8 bytes (invalid UTF-8 is `invalid_json`)."""
         if self.failed:
             return []
         if len(text) > self.max_message_chars:
@@ -168,7 +169,7 @@ class TwilioStreamParser:
                 return fast
         return self._receive_general(text, now)
 
-    def _fast_media(self, text: str, now: float) -> list[TwilioEvent] | None:
+    def _fast_media(self, text: str | bytes, now: float) -> list[TwilioEvent] | None:
         """The hot path: a well-formed `media` message decoded by msgspec into a typed struct. None for
         anything else (another event, a missing or odd field, bad base64...): the general path then
         parses it again with `json.loads` and gives the exact drop reason, so both paths agree."""
@@ -193,7 +194,7 @@ class TwilioStreamParser:
             return [Problem("timestamp_backwards", False, f"{track} {timing.last_ts_ms} → {ts_ms}"), media_event]
         return [timing, media_event]
 
-    def _receive_general(self, text: str, now: float) -> list[TwilioEvent]:
+    def _receive_general(self, text: str | bytes, now: float) -> list[TwilioEvent]:
         try:
             msg = json.loads(text)
         except ValueError as exc:  # JSONDecodeError, and bad unicode escapes

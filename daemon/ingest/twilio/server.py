@@ -32,9 +32,9 @@ import http
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
@@ -54,6 +54,7 @@ from daemon.ingest.twilio.protocol import (
     TwilioStreamParser,
 )
 from daemon.ingest.twilio.signature import DEV_AUTH_TOKEN, SIGNATURE_HEADER, expected_url, signature_valid
+from daemon.ingest.websocket.connection import MediaConnection
 from daemon.ingest.websocket.listener import WebsocketListener
 from daemon.model import PCMU_8K, CallInfo
 from daemon.ops.metrics import Metrics
@@ -82,6 +83,8 @@ class _Stream:
     legs: dict[str, LegSink | None] = field(default_factory=dict)  # None: the leg could not be opened
     ended: bool = False
     problems: int = 0
+    #: settled (close code, close reason, call end reason) when a message means the socket must close
+    outcome: asyncio.Future[tuple[int, str, str]] | None = None
 
     def end(self, reason: str) -> None:
         if self.handle is not None and not self.ended:
@@ -179,6 +182,10 @@ class TwilioIngest:
         # Twilio sends small JSON frames; a compression context per socket would cost memory per call.
         return False
 
+    @property
+    def sync_messages(self) -> bool:
+        return True  # 50 media messages per second per call: parsed in data_received, no task wake-up each
+
     def check_upgrade(self, connection: ServerConnection, request: Request) -> Response | None:
         return self._process_request(connection, request)
 
@@ -238,35 +245,58 @@ class TwilioIngest:
                     self._by_call_sid.pop(stream.call_sid, None)
 
     async def _run(self, stream: _Stream) -> str:
-        """Read until the stream stops or the socket closes; returns the call's end reason."""
+        """Serve until the stream stops or the socket closes; returns the call's end reason. Messages
+        are parsed and applied synchronously as they arrive (`_on_message`); this task only waits
+        for the outcome: a close asked for by a message, the start timeout, or the peer leaving."""
         ws = stream.ws
-        while True:
-            try:
-                if stream.handle is None:
-                    async with asyncio.timeout(self.start_timeout_s):
-                        message = await ws.recv()
-                else:
-                    message = await ws.recv()
-            except TimeoutError:
-                self.metrics.drops.labels(INGEST, "no_start").inc()
-                await ws.close(CloseCode.POLICY_VIOLATION, "no start message")
-                return "no_start"
-            except ConnectionClosed as exc:
-                if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
-                    self.metrics.drops.labels(INGEST, "oversize").inc()
-                    return "oversize"
-                return "disconnected"
+        loop = asyncio.get_running_loop()
+        outcome: asyncio.Future[tuple[int, str, str]] = loop.create_future()  # (close code, reason, end reason)
+        stream.outcome = outcome
+        if not isinstance(ws, MediaConnection) or not ws.sync_messages:  # cannot happen: the listener makes them
+            raise RuntimeError("the Twilio route needs the listener's MediaConnection with sync_messages")
+        closed = asyncio.ensure_future(ws.wait_closed())
+        try:
+            ws.set_message_sink(lambda is_text, data: self._on_message(stream, is_text, data))
+            waiting: set[asyncio.Future[Any]] = {outcome, closed}
+            if stream.handle is None:
+                await asyncio.wait(waiting, timeout=self.start_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+                if stream.handle is None and not outcome.done() and not closed.done():
+                    self.metrics.drops.labels(INGEST, "no_start").inc()
+                    outcome.set_result((CloseCode.POLICY_VIOLATION, "no start message", "no_start"))
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ws.drop_messages()
+            closed.cancel()
+        if outcome.done():
+            code, close_reason, reason = outcome.result()
+            await ws.close(code, close_reason[:120])
+            return reason
+        sent = ws.protocol.close_sent
+        if sent is not None and sent.code == CloseCode.MESSAGE_TOO_BIG:  # websockets enforced max_size
+            self.metrics.drops.labels(INGEST, "oversize").inc()
+            return "oversize"
+        return "disconnected"
+
+    def _on_message(self, stream: _Stream, is_text: bool, data: bytes) -> None:
+        """One message, in the connection's data_received: parse, act, and settle the outcome when the
+        socket must close. Never raises: one broken stream is logged, counted and closed (1011)."""
+        outcome = stream.outcome
+        if outcome is None or outcome.done():
+            return  # closing: the rest of what the peer sent is not read
+        try:
             now = self.clock.monotonic()
-            if isinstance(message, str):
-                events = stream.parser.receive_text(message, now)
-            else:
-                events = stream.parser.receive_binary(message)
+            events = stream.parser.receive_text(data, now) if is_text else stream.parser.receive_binary(data)
             for event in events:
                 close = self._apply(stream, event, now)
                 if close is not None:
                     code, reason = close
-                    await ws.close(code, reason[:120])
-                    return reason
+                    outcome.set_result((code, reason, reason))
+                    return
+        except Exception:
+            log.exception("twilio stream failed", extra={"call_id": stream.call_id or "-"})
+            self.metrics.drops.labels(INGEST, "handler_error").inc()
+            stream.end("error")
+            outcome.set_result((CloseCode.INTERNAL_ERROR, "internal error", "error"))
 
     def _apply(self, stream: _Stream, event: TwilioEvent, now: float) -> tuple[int, str] | None:
         """Act on one event; returns (close code, reason) when the socket must close."""

@@ -98,6 +98,10 @@ class ForkWebsocketIngest:
         return self.dialect.compression
 
     @property
+    def sync_messages(self) -> bool:
+        return False  # the fork drivers read with recv(); their calls are fewer and their frames larger
+
+    @property
     def name(self) -> str:
         return self.dialect.name
 

@@ -24,6 +24,7 @@ from websockets.typing import Subprotocol
 
 from daemon.configingest import WebsocketIngestConfig
 from daemon.configschema import parse_hostport
+from daemon.ingest.websocket.connection import MediaConnection
 
 log = logging.getLogger("spoofwatch.ingest.websocket")
 
@@ -51,6 +52,12 @@ class WebsocketRoute(Protocol):
         ...
 
     def stop_accepting(self) -> None: ...
+
+    @property
+    def sync_messages(self) -> bool:
+        """True: the route takes each message synchronously through `MediaConnection.set_message_sink`
+        (its handler never calls `recv()`); False: the handler reads with `recv()`."""
+        ...
 
     def end_all(self, reason: str) -> None:
         """End every call this route has open (their sockets are closed by the listener)."""
@@ -98,6 +105,7 @@ class WebsocketListener:
             # media forks send small frames that are handled as they arrive: a short queue caps what a
             # stalled handler can hold per connection (4 × max_size instead of 16 ×)
             max_queue=4,
+            create_connection=MediaConnection,
         )
         sock: socket.socket = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
@@ -141,6 +149,8 @@ class WebsocketListener:
                 return None
 
             setattr(protocol, "select_subprotocol", select.__get__(protocol, ServerProtocol))  # noqa: B010
+        if isinstance(connection, MediaConnection):
+            connection.sync_messages = route.sync_messages
         return route.check_upgrade(connection, request)
 
     async def _handle(self, ws: ServerConnection) -> None:
