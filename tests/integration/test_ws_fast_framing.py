@@ -8,15 +8,41 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
+import pytest
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.uri import parse_uri
 
-from tests.integration.test_twilio_server import WAIT, Env, frames
-from tests.integration.test_twilio_server import env as twilio_env  # noqa: F401  (fixture "env")
-from tests.integration.test_twilio_server import env_factory as twilio_env_factory  # noqa: F401  (fixture)
+from daemon.clock import SystemClock
+from daemon.config import TwilioIngestConfig
+from daemon.ingest.twilio.server import TwilioIngest
+from daemon.ops.metrics import Metrics
+from tests.integration.test_twilio_server import WAIT, Env, FakeAdmission, frames
+
+
+@pytest.fixture
+async def env_factory() -> AsyncIterator[Callable[..., Awaitable[Env]]]:
+    """A standalone Twilio route (the sync-message one) with a recording admission."""
+    made: list[TwilioIngest] = []
+
+    async def make(max_frame_bytes: int = 65536) -> Env:
+        admission, metrics = FakeAdmission(), Metrics()
+        ingest = TwilioIngest(TwilioIngestConfig(validate_signature=False), admission, metrics, SystemClock(),
+                              max_frame_bytes=max_frame_bytes)
+        made.append(ingest)
+        port = await ingest.start()
+        return Env(ingest, admission, metrics, f"ws://127.0.0.1:{port}{ingest.cfg.path}")
+
+    yield make
+    for ingest in made:
+        await ingest.close(timeout=5.0)
+
+
+@pytest.fixture
+async def env(env_factory: Callable[..., Awaitable[Env]]) -> Env:
+    return await env_factory()
 
 
 class RawPeer:
