@@ -26,6 +26,7 @@ async def main() -> int:
     p.add_argument("--calls", type=int, nargs="+", default=[250, 500, 1000])
     p.add_argument("--stock", action="store_true", help="also run each size with the stock 256 KiB recvfrom")
     p.add_argument("--sockets", choices=("one", "per-call"), default="one", help="loadgen rtp --sockets")
+    p.add_argument("--ramp-s", type=float, default=5.0, help="stream starts spread over this (loadgen rtp --ramp-s)")
     add_rig_arguments(p)
     p.set_defaults(channels=4)
     args = p.parse_args()
@@ -35,7 +36,7 @@ async def main() -> int:
             for max_bytes in ([2048, 0] if args.stock else [2048]):
                 o = PointOptions("rtp", n, seconds=args.seconds, channels=args.channels, outbox_sync=args.outbox_sync,
                                  webhook=not args.no_webhook, pin=args.pin, timeline=args.timeline,
-                                 rtp_max_bytes=max_bytes, rtp_sockets=args.sockets)
+                                 rtp_max_bytes=max_bytes, rtp_sockets=args.sockets, ramp_s=args.ramp_s)
                 row = await run_point(o, Path(tmp))
                 if not max_bytes:
                     row["ingest"] = "rtp (stock recvfrom)"

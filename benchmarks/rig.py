@@ -58,7 +58,7 @@ class PointOptions:
     ingest: str  # "twilio", "rtp" or "whip"
     calls: int
     seconds: float = 24.0  # each call's length (twilio: the 8 s clip repeated to cover it)
-    ramp_s: float = 5.0  # twilio, whip: starts spread over this; rtp spreads starts over 13 ticks itself
+    ramp_s: float = 5.0  # call starts spread over this (rtp: plus its own phase spread over 13 ticks)
     track: str = "inbound"  # twilio: inbound or both
     clip: str = "marked"  # marked: every call alerts; clean: none do
     channels: int = 2
@@ -165,7 +165,7 @@ def loadgen_commands(o: PointOptions, work: Path, ports: dict[str, int]) -> list
     if o.ingest == "rtp":
         clip = long_clip(ROOT / f"daemon/clips/speech_{o.clip}_16k.wav", o.seconds, work / f"{o.clip}.wav")
         return [[*base, "rtp", "--port-base", str(RTP_PORT_BASE), "--calls", str(o.calls), "--clip", str(clip),
-                        "--duration-s", str(o.seconds), "--sockets", o.rtp_sockets]]
+                        "--duration-s", str(o.seconds), "--sockets", o.rtp_sockets, "--ramp-s", str(o.ramp_s)]]
     marked = long_clip(ROOT / f"daemon/clips/speech_{o.clip}_16k.wav", o.seconds, work / f"{o.clip}.wav")
     clean = long_clip(ROOT / "daemon/clips/speech_clean_16k.wav", o.seconds, work / "clean.wav")
     url = f"ws://127.0.0.1:{ports['twilio']}/twilio"
@@ -314,7 +314,7 @@ async def run_point(o: PointOptions, work: Path) -> dict[str, Any]:
     result, gc_pause = hist("spoofwatch_result_latency_seconds"), hist("spoofwatch_gc_pause_seconds")
     gen_wall = max(t_gen - t0, 1e-9)
     # daemon CPU in the steady state: all calls up (after the ramp) until the first ones end
-    lo, hi = t0 + (o.ramp_s if o.ingest in ("twilio", "whip") else 0.3) + 2.0, t0 + o.seconds - 1.0
+    lo, hi = t0 + o.ramp_s + (0.3 if o.ingest == "rtp" else 0.0) + 2.0, t0 + o.seconds - 1.0
     mid = [(t, c) for t, c in cpu_trace if lo <= t <= hi]
     gen_mid = [(t, c) for t, c in gen_trace if lo <= t <= hi]
     daemon_core = ((mid[-1][1] - mid[0][1]) / (mid[-1][0] - mid[0][0]) if len(mid) > 2

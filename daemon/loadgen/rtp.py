@@ -54,8 +54,11 @@ SOCKET_MODES = ("one", "per-call")
 
 
 async def run_rtp_calls(host: str, ports: list[int], payload_8k: bytes, *, pt: int, duration_s: float,
-                        bye: bool = True, ssrc_base: int = 0x5EED0000, sockets: str = "one") -> RtpLoadResult:
-    """Each port gets the clip's encoded bytes in 160-byte packets, looped, for `duration_s`.
+                        bye: bool = True, ssrc_base: int = 0x5EED0000, sockets: str = "one",
+                        ramp_s: float = 0.0) -> RtpLoadResult:
+    """Each port gets the clip's encoded bytes in 160-byte packets, looped, for `duration_s`, then
+    (with `bye`) an RTCP BYE one tick after its last packet. Stream k starts k·ramp_s/streams late,
+    on top of the phase spread below.
 
     sockets="one": every stream from one unconnected socket (`sendto`); "per-call": one connected
     socket per stream (`send`, no address to parse per packet)."""
@@ -92,13 +95,25 @@ async def run_rtp_calls(host: str, ports: list[int], payload_8k: bytes, *, pt: i
         n_ticks = int(duration_s / FRAME_S)
         # Like real forks, streams are not in phase: stream k sends in sub-slot k % SLOTS of each 20 ms
         # tick and starts k % START_SPREAD ticks late, so calls' 250 ms chunk boundaries fall apart too.
-        by_slot = [[(k, k % START_SPREAD) for k in range(slot, len(ports), SLOTS)] for slot in range(SLOTS)]
+        ramp_ticks = int(ramp_s / FRAME_S)
+        offsets = [k % START_SPREAD + k * ramp_ticks // len(ports) for k in range(len(ports))]
+        n_offsets = max(offsets) + 1
+        by_slot = [[(k, offsets[k]) for k in range(slot, len(ports), SLOTS)] for slot in range(SLOTS)]
+        ending: dict[int, list[int]] = {}  # start offset → streams that end one tick after n_ticks from it
+        for k, g in enumerate(offsets):
+            ending.setdefault(g, []).append(k)
         hist = result.lateness_ms
         start = time.monotonic()
-        for tick in range(n_ticks + START_SPREAD):
+        for tick in range(n_ticks + n_offsets + 1):
+            if bye:
+                for k in ending.get(tick - n_ticks - 1, ()):
+                    try:
+                        one.sendto(build_rtcp_bye(ssrc_base + k), (host, ports[k] + 1))
+                    except OSError:
+                        result.send_errors += 1
             # per start offset g: this tick's packet index and header prefix (None: not sending)
             heads: list[tuple[bytes, bytes] | None] = []
-            for g in range(START_SPREAD):
+            for g in range(n_offsets):
                 i = tick - g
                 heads.append((head.pack(0x80, (0x80 if i == 0 else 0) | pt, i & 0xFFFF, (i * 160) & 0xFFFFFFFF),
                               frames[i % n_frames]) if 0 <= i < n_ticks else None)
@@ -129,12 +144,6 @@ async def run_rtp_calls(host: str, ports: list[int], payload_8k: bytes, *, pt: i
                         result.send_errors += 1
                 result.packets_sent += sent
                 hist[min(LATENESS_BINS - 1, max(0, int(late * 1000)))] += sent
-        if bye:
-            for k, port in enumerate(ports):
-                try:
-                    one.sendto(build_rtcp_bye(ssrc_base + k), (host, port + 1))
-                except OSError:
-                    result.send_errors += 1
     finally:
         for s in socks:
             s.close()
@@ -154,6 +163,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--control-url", help="allocate ports through the control API, e.g. http://127.0.0.1:9109")
     p.add_argument("--token", help="control API bearer token (default: $SPOOFWATCH_RTP_TOKEN)")
     p.add_argument("--no-bye", action="store_true", help="do not send RTCP BYE at the end")
+    p.add_argument("--ramp-s", type=float, default=0.0,
+                   help="spread stream starts over this many seconds (each ends duration-s after its start)")
     p.add_argument("--sockets", choices=SOCKET_MODES, default="one",
                    help="one unconnected socket for all streams, or one connected socket per stream")
 
@@ -165,8 +176,8 @@ def main(args: argparse.Namespace) -> int:
     from daemon.audio.codecs import encode_alaw, encode_ulaw
     from daemon.loadgen.twilio import load_clip_8k
 
-    if args.calls < 1 or args.duration_s <= 0 or args.duration_s > 24 * 3600:
-        print("spoofwatch loadgen rtp: --calls ≥ 1 and 0 < --duration-s ≤ 86400", file=sys.stderr)
+    if args.calls < 1 or args.duration_s <= 0 or args.duration_s > 24 * 3600 or not 0 <= args.ramp_s <= 3600:
+        print("spoofwatch loadgen rtp: --calls ≥ 1, 0 < --duration-s ≤ 86400 and 0 ≤ --ramp-s ≤ 3600", file=sys.stderr)
         return 2
     try:
         pcm = load_clip_8k(args.clip)
@@ -196,7 +207,7 @@ def main(args: argparse.Namespace) -> int:
                         ports.append(body["legs"][0]["port"])
                         sessions.append(call_id)
         result = await run_rtp_calls(args.host, ports, payload, pt=pt, duration_s=args.duration_s,
-                                     bye=not args.no_bye, sockets=args.sockets)
+                                     bye=not args.no_bye, sockets=args.sockets, ramp_s=args.ramp_s)
         if sessions:
             import aiohttp
 
