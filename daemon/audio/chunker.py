@@ -7,6 +7,8 @@ import numpy as np
 from daemon.audio.codecs import Pcm
 from daemon.model import CHUNK_BYTES
 
+_LE_INT16 = np.dtype("<i2")
+
 
 class Chunker:
     """push() returns every complete chunk; call flush() at leg end or the last < 250 ms is lost."""
@@ -19,7 +21,9 @@ class Chunker:
 
     def push(self, pcm: bytes | Pcm) -> list[bytes]:
         if isinstance(pcm, np.ndarray):  # appended through the buffer protocol: no bytes copy first
-            self._buf += np.ascontiguousarray(pcm.astype("<i2", copy=False)).data
+            if pcm.dtype != _LE_INT16 or not pcm.flags.c_contiguous:  # (soxr's output already is)
+                pcm = np.ascontiguousarray(pcm.astype(_LE_INT16))
+            self._buf += pcm.data
         elif len(pcm) % 2:
             raise ValueError("PCM of odd byte length")
         else:

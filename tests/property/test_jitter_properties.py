@@ -109,6 +109,49 @@ def test_every_packet_is_accounted_for_and_state_stays_bounded(moves: list[tuple
     assert len({id(p) for p in out}) == len(out)  # nothing released twice
 
 
+@settings(max_examples=300, deadline=None)
+@given(moves=st.lists(MOVES, max_size=200), window=st.integers(1, 32), start=st.integers(0, 65535))
+def test_take_next_is_push_for_the_in_order_case(moves: list[tuple[int, str, int]], window: int, start: int) -> None:
+    """The ingest's packet-free fast path (`take_next`, else `push`) releases the same packets in the
+    same order with the same counts as `push` alone, on the same hostile input."""
+    plain, fast = JitterBuffer(window), JitterBuffer(window)
+    last = {1: start, 2: start, 3: start}
+    far_last = 0
+    out_plain: list[tuple[int, int]] = []
+    out_fast: list[tuple[int, int]] = []
+    for ssrc, how, value in moves:
+        if how == "next":
+            seq = last[ssrc] + 1
+        elif how == "near":
+            seq = last[ssrc] + value % 64 - 32
+        elif how == "far":
+            seq = far_last = value
+        else:
+            seq = far_last = far_last + 1
+        last[ssrc] = seq
+        p = pkt(seq, ssrc)
+        out_plain += [(q.ssrc, q.sequence) for q in plain.push(p)]
+        if fast.take_next(ssrc, p.sequence):
+            out_fast.append((ssrc, p.sequence))
+        else:
+            out_fast += [(q.ssrc, q.sequence) for q in fast.push(p)]
+        assert plain.held == fast.held
+    out_plain += [(q.ssrc, q.sequence) for q in plain.flush()]
+    out_fast += [(q.ssrc, q.sequence) for q in fast.flush()]
+    assert out_fast == out_plain and fast.stats == plain.stats
+
+
+def test_in_order_stream_takes_the_fast_path_once_playing() -> None:
+    jb = JitterBuffer(4)
+    released = [p.sequence for i in range(MIN_SEQUENTIAL + 4) for p in jb.push(pkt(65530 + i))]
+    assert released and jb.held == 0
+    nxt = (65530 + MIN_SEQUENTIAL + 4) & 0xFFFF
+    assert not jb.take_next(2, nxt)  # another source: push decides
+    assert not jb.take_next(1, (nxt + 1) & 0xFFFF)  # not the next number: push decides
+    assert all(jb.take_next(1, (nxt + i) & 0xFFFF) for i in range(20))  # across the 16-bit wrap
+    assert jb.stats.released == len(released) + 20
+
+
 @settings(max_examples=200, deadline=None)
 @given(s1=st.integers(0, 65535), n1=st.integers(2, 40), n2=st.integers(2, 40),
        jump=st.integers(MAX_DROPOUT, 65536 - MAX_MISORDER - 1), window=st.integers(1, 16))

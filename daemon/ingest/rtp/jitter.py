@@ -80,6 +80,19 @@ class JitterBuffer:
             out += self._accept(p)
         return out
 
+    def take_next(self, ssrc: int, seq: int) -> bool:
+        """The in-order common case without a packet object: True when `seq` of the playing source is
+        exactly the next to release and nothing is held or pending (the state moves on as `push` would
+        have moved it, and the caller plays the payload out); False: nothing changed, use `push`."""
+        seqv = self._seqv
+        if (ssrc != self._ssrc or seq != self._next or not self._started or self._held or self._jump is not None
+                or seqv is None or seqv.probation or (seq - seqv.max_seq) & 0xFFFF >= MAX_DROPOUT):
+            return False
+        seqv.max_seq = seq
+        self._next = (seq + 1) & 0xFFFF
+        self.stats.released += 1
+        return True
+
     def start_playout(self) -> list[RtpPacket]:
         """Stop waiting for early reordered packets: release from the earliest held one."""
         if self._started or self._next is None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import struct
 from typing import Any
 
 from daemon.audio.codecmap import CodecMap, PayloadSpec, parse_map
@@ -47,6 +48,7 @@ QUARANTINE_S = 5.0  # a port whose leg failed opens no auto call for this long
 #: drop reasons for JitterStats late, duplicates, probation, jumps (`lost` is its own metric: numbers
 #: that never arrived); see _report
 _JITTER_DROPS = ("late", "duplicate", "probation", "seq_jump")
+_SEQ_TS_SSRC = struct.Struct("!HII")  # bytes 2–11 of an RTP header
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -80,7 +82,8 @@ class RtpIngest:
         self._refused_until: dict[int, float] = {}
         #: calls whose lifetime a signalling dialog owns (SIPREC): silence (hold) does not end their legs
         self._signalled: set[str] = set()
-        self._frames_in = metrics.frames_in.labels(INGEST)  # resolved once: this is per datagram
+        self._frames_in = metrics.frames_in.labels(INGEST)
+        self._frames_pending = 0  # datagrams not yet added to _frames_in (every tick, and at close)
         self._source_mismatch = metrics.drops.labels(INGEST, "source_mismatch")
 
     # sockets -----------------------------------------------------------------------------------
@@ -155,6 +158,7 @@ class RtpIngest:
         for t in self.transports:
             t.close()
         self.transports.clear()
+        self._count_frames()
 
     # allocation (control API) --------------------------------------------------------------------
     def free_ports(self) -> list[int]:
@@ -204,7 +208,28 @@ class RtpIngest:
 
     # receive path (synchronous; never awaits) ----------------------------------------------------
     def receive_datagram(self, port: int, data: bytes, rtcp_port: bool, addr: Any) -> None:
-        self._frames_in.inc()
+        self._frames_pending += 1  # folded into frames_in at each tick: a locked counter per packet costs
+        leg = self.legs.get(port)
+        if (leg is not None and not rtcp_port and leg.raw_pt is not None and data[0] == 0x80
+                and len(data) > 12 and (data[1] & 0x7F) == leg.raw_pt and leg.source == addr):
+            # The common case, without a packet object: G.711 at version 2 with no CSRC, extension or
+            # padding, from the latched sender, the next in sequence and timestamp of the playing source
+            seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+            sink = leg.sink
+            if (ssrc == leg.last_ssrc and ts == leg.expected_ts and sink is not None and not leg.backlog
+                    and not leg.ended and leg.jitter.take_next(ssrc, seq)):
+                now = self.clock.monotonic()
+                leg.last_arrival = now
+                leg.packets += 1
+                payload = data[12:]
+                try:
+                    sink.push(payload, now)
+                except Exception:
+                    self._leg_failed(leg, now, "receive")
+                    return
+                leg.budget.media_s += len(payload) / leg.raw_rate
+                leg.expected_ts = (ts + len(payload)) & 0xFFFFFFFF
+                return
         if rtcp_port or is_rtcp(data):
             self._receive_rtcp(port - 1 if rtcp_port else port, data, addr)
             return
@@ -213,7 +238,6 @@ class RtpIngest:
         except RtpError as exc:
             self.metrics.drops.labels(INGEST, exc.reason).inc()
             return
-        leg = self.legs.get(port)
         now = self.clock.monotonic()
         if leg is None:
             leg = self._auto_call(port, pkt, now)
@@ -306,8 +330,14 @@ class RtpIngest:
                 leg.bye_at = self.clock.monotonic()
 
     # tick: decode in batches, fill gaps, end idle legs --------------------------------------------
+    def _count_frames(self) -> None:
+        if self._frames_pending:
+            self._frames_in.inc(self._frames_pending)
+            self._frames_pending = 0
+
     def _on_tick(self) -> None:
         now = self.clock.monotonic()
+        self._count_frames()
         try:
             for leg in list(self.legs.values()):
                 self._guarded(leg, now, self._tick_leg)
