@@ -8,12 +8,13 @@ on to the (ip, port) of its first RTP packet: RTP from elsewhere is dropped and 
 (`source_mismatch`), RTCP (on port+1 or muxed) is taken from the same host only. A leg ends on RTCP
 BYE, on DELETE through the control API, or after `inactivity_timeout_ms` without packets.
 
-Hot path: `receive_datagram` parses and jitter-buffers synchronously (never awaits). G.711 packets
-the jitter buffer releases go to their leg at once, undecoded: the leg's audio path holds them and
-resamples once per 250 ms chunk, so a chunk is cut when its last packet arrives. A single periodic
-tick every `batch_ms` starts playout of new streams, decodes other codecs by payload type in ~100 ms
-batches, fills timestamp gaps with silence (never ahead of the wall clock: gapfill.py), reports
-jitter-buffer drops, and ends idle legs. Per-leg backlog is bounded, so a flood on one port costs
+Hot path (receive.py, a base class of RtpIngest): `receive_datagram` parses and jitter-buffers
+synchronously (never awaits). G.711 packets the jitter buffer releases go to their leg at once,
+undecoded: the leg's audio path holds them and resamples once per 250 ms chunk, so a chunk is cut
+when its last packet arrives. This module owns the rest: sockets, port allocation, teardown, and a
+single periodic tick every `batch_ms` that starts playout of new streams, decodes other codecs by
+payload type in ~100 ms batches, fills timestamp gaps with silence (never ahead of the wall clock:
+gapfill.py), reports jitter-buffer drops, and ends idle legs. Per-leg backlog is bounded, so a flood on one port costs
 that port its excess packets and never starves another call; an exception in one leg ends that leg
 (logged once, counted as `leg_error`) and never the tick or another leg.
 Sockets (sockets.py): the free port pairs of the range are bound, taken ones are skipped and
@@ -25,9 +26,9 @@ per packet).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import struct
 from typing import Any
 
 from daemon.audio.codecmap import CodecMap, PayloadSpec, parse_map
@@ -35,20 +36,17 @@ from daemon.calls.api import CallAdmission, CallRefused
 from daemon.clock import Clock
 from daemon.config import RtpIngestConfig
 from daemon.ingest.rtp.leg import PortLeg, RtpCall, play_out
-from daemon.ingest.rtp.packet import RTCP_BYE, RtpError, RtpPacket, is_rtcp, parse_rtcp, parse_rtp
+from daemon.ingest.rtp.receive import INGEST, RtpReceivePath
 from daemon.ingest.rtp.sockets import bind_pairs, ephemeral_range, overlaps
 from daemon.model import CallInfo
 from daemon.ops.metrics import Metrics
 
 log = logging.getLogger("spoofwatch.ingest.rtp")
-INGEST = "rtp"
-MAX_BACKLOG_PACKETS = 500  # per leg between ticks (10 s of 20 ms packets): beyond it, a flood
 BYE_GRACE_S = 0.25  # media that a BYE overtook (separate sockets) still lands in its leg
 QUARANTINE_S = 5.0  # a port whose leg failed opens no auto call for this long
 #: drop reasons for JitterStats late, duplicates, probation, jumps (`lost` is its own metric: numbers
 #: that never arrived); see _report
 _JITTER_DROPS = ("late", "duplicate", "probation", "seq_jump")
-_SEQ_TS_SSRC = struct.Struct("!HII")  # bytes 2–11 of an RTP header
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -56,6 +54,12 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.ingest = ingest
         self.port = port
         self.rtcp = rtcp
+        #: done once the transport let go of its socket (a later loop turn than close())
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         self.ingest.receive_datagram(self.port, data, self.rtcp, addr)
@@ -64,7 +68,7 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.ingest.metrics.drops.labels(INGEST, "socket_error").inc()
 
 
-class RtpIngest:
+class RtpIngest(RtpReceivePath):
     def __init__(self, cfg: RtpIngestConfig, admission: CallAdmission, metrics: Metrics, clock: Clock) -> None:
         self.cfg = cfg
         self.admission = admission
@@ -157,8 +161,16 @@ class RtpIngest:
             self._guarded(leg, now, self._finish_leg, "shutdown")
         for t in self.transports:
             t.close()
+        endpoints = [t.get_protocol() for t in self.transports]
         self.transports.clear()
         self._count_frames()
+        # the sockets are closed on a later loop turn: wait for it, so the ports are free when this returns
+        # (a restarted ingest, a test binding the same range next)
+        waits = [e.closed for e in endpoints if isinstance(e, _Endpoint)]
+        if waits:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await asyncio.gather(*waits)
 
     # allocation (control API) --------------------------------------------------------------------
     def free_ports(self) -> list[int]:
@@ -205,129 +217,6 @@ class RtpIngest:
         for leg in list(call.legs.values()):
             self._guarded(leg, now, self._finish_leg, reason)
         return True
-
-    # receive path (synchronous; never awaits) ----------------------------------------------------
-    def receive_datagram(self, port: int, data: bytes, rtcp_port: bool, addr: Any) -> None:
-        self._frames_pending += 1  # folded into frames_in at each tick: a locked counter per packet costs
-        leg = self.legs.get(port)
-        if (leg is not None and not rtcp_port and leg.raw_pt is not None and data[0] == 0x80
-                and len(data) > 12 and (data[1] & 0x7F) == leg.raw_pt and leg.source == addr):
-            # The common case, without a packet object: G.711 at version 2 with no CSRC, extension or
-            # padding, from the latched sender, the next in sequence and timestamp of the playing source
-            seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
-            sink = leg.sink
-            if (ssrc == leg.last_ssrc and ts == leg.expected_ts and sink is not None and not leg.backlog
-                    and not leg.ended and leg.jitter.take_next(ssrc, seq)):
-                now = self.clock.monotonic()
-                leg.last_arrival = now
-                leg.packets += 1
-                payload = data[12:]
-                try:
-                    sink.push(payload, now)
-                except Exception:
-                    self._leg_failed(leg, now, "receive")
-                    return
-                leg.budget.media_s += len(payload) / leg.raw_rate
-                leg.expected_ts = (ts + len(payload)) & 0xFFFFFFFF
-                return
-        if rtcp_port or is_rtcp(data):
-            self._receive_rtcp(port - 1 if rtcp_port else port, data, addr)
-            return
-        try:
-            pkt = parse_rtp(data)
-        except RtpError as exc:
-            self.metrics.drops.labels(INGEST, exc.reason).inc()
-            return
-        now = self.clock.monotonic()
-        if leg is None:
-            leg = self._auto_call(port, pkt, now)
-            if leg is None:
-                return
-        if leg.source != addr:
-            if leg.source is not None:
-                self._source_mismatch.inc()
-                return
-            leg.source = addr  # latched: the first sender owns the leg
-            leg.budget.begin(now)
-        if leg.ended:
-            self.metrics.drops.labels(INGEST, "leg_ended").inc()
-            return
-        leg.last_arrival = now
-        leg.packets += 1
-        if len(leg.backlog) >= MAX_BACKLOG_PACKETS:
-            self.metrics.drops.labels(INGEST, "flood").inc()
-            return
-        try:
-            self._receive_packet(leg, pkt, now)
-        except Exception:
-            self._leg_failed(leg, now, "receive")
-
-    def _receive_packet(self, leg: PortLeg, pkt: RtpPacket, now: float) -> None:
-        released = leg.jitter.push(pkt)
-        if not released:
-            return
-        if leg.raw_pt is not None:
-            # G.711 goes on at once: the leg's audio path holds it undecoded and resamples once per
-            # 250 ms chunk, so the chunk is cut when its last packet arrives, not at the next tick.
-            if len(released) == 1 and not leg.backlog:
-                first = released[0]
-                if (first.payload_type == leg.raw_pt and first.ssrc == leg.last_ssrc
-                        and first.timestamp == leg.expected_ts and first.payload and leg.sink is not None):
-                    # the in-order common case: no gap, same stream, same codec
-                    leg.sink.push(first.payload, now)
-                    leg.budget.media_s += len(first.payload) / leg.raw_rate
-                    leg.expected_ts = (first.timestamp + len(first.payload)) & 0xFFFFFFFF
-                    return
-            leg.backlog.extend(released)
-            play_out(leg, now, self._drop)
-            return
-        leg.backlog.extend(released)
-
-    def _drop(self, reason: str) -> None:
-        self.metrics.drops.labels(INGEST, reason).inc()
-
-    def _auto_call(self, port: int, pkt: RtpPacket, now: float) -> PortLeg | None:
-        if not self.cfg.auto_calls or not self._accepting:
-            self.metrics.drops.labels(INGEST, "unallocated_port").inc()
-            return None
-        if self._refused_until.get(port, 0.0) > now:
-            self.metrics.drops.labels(INGEST, "refused_port").inc()
-            return None
-        call_id = f"rtp-{port}-{pkt.ssrc:08x}"
-        try:
-            handle = self.admission.admit(CallInfo(call_id, INGEST, {"rtp_port": str(port), "ssrc": f"{pkt.ssrc:08x}",
-                                                                    "auto": "true"}))
-        except CallRefused as exc:
-            self._refused_until[port] = now + 1.0  # do not re-ask admission for every packet of a refused call
-            self.metrics.drops.labels(INGEST, "refused").inc()
-            log.info("auto call on port %d refused: %s", port, exc.reason)
-            return None
-        self._refused_until.pop(port, None)
-        call = RtpCall(call_id, handle, auto=True)
-        leg = PortLeg(port, call, "caller", CodecMap(self.default_codecs), self.cfg.jitter_window_packets,
-                      last_arrival=now)
-        call.legs[leg.name] = leg
-        self.calls[call_id] = call
-        self.legs[port] = leg
-        return leg
-
-    def _receive_rtcp(self, rtp_port: int, data: bytes, addr: Any) -> None:
-        try:
-            packets = parse_rtcp(data)
-        except RtpError as exc:
-            self.metrics.drops.labels(INGEST, exc.reason).inc()
-            return
-        leg = self.legs.get(rtp_port)
-        if leg is None or leg.ended:
-            return
-        if leg.source is None or addr[0] != leg.source[0]:
-            self._source_mismatch.inc()  # RTCP only from the host whose RTP the leg latched on to
-            return
-        for p in packets:
-            if p.packet_type == RTCP_BYE and leg.bye_at is None:
-                # RTCP arrives on its own socket, so it can overtake the last media packets: the leg ends at
-                # a tick after a short grace, once what is buffered has been played out.
-                leg.bye_at = self.clock.monotonic()
 
     # tick: decode in batches, fill gaps, end idle legs --------------------------------------------
     def _count_frames(self) -> None:
