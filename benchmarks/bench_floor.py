@@ -239,39 +239,56 @@ async def grpc_floor(calls: int, seconds: float, channels: int = 4) -> tuple[flo
     return us, kib
 
 
+async def measure_floor(calls: int, seconds: float) -> dict[str, float]:
+    """Every stage's cost (this process must already be pinned, peers go to CPU 1), and the floors."""
+    udp = await udp_floor(calls, seconds)
+    tcp, msg_bytes = await tcp_floor(calls, seconds)
+    js = json_floor()
+    sox = soxr_floor(calls)
+    sox_kib = fresh_kib(calls, f"s = [soxr.ResampleStream(8000, 16000, 1, dtype='int16') for _ in range({calls})]\n"
+                               "for x in s: x.resample_chunk(np.zeros(2000, dtype=np.int16))")
+    path_kib = fresh_kib(calls, f"p = [LegAudioPath(PCMU_8K) for _ in range({calls})]\n"
+                                "for x in p:\n    for _ in range(13): x.push(bytes(160))")
+    grpc_us, grpc_kib = await grpc_floor(calls, seconds)
+    return {"calls": calls, "udp_us": udp, "tcp_us": tcp, "ws_message_bytes": msg_bytes, "json_us": js,
+            "soxr_chunk_us": sox, "soxr_stream_kib": sox_kib, "audio_path_kib": path_kib,
+            "grpc_write_us": grpc_us, "grpc_stream_kib": grpc_kib,
+            "rtp_ms_per_call_s": (FRAMES_PER_S * udp + CHUNKS_PER_S * (sox + grpc_us)) / 1000,
+            "twilio_ms_per_call_s": (FRAMES_PER_S * (tcp + js) + CHUNKS_PER_S * (sox + grpc_us)) / 1000}
+
+
+def floor_markdown(f: dict[str, float]) -> str:
+    lines = [f"Library floor ({f['calls']:.0f} legs per measurement; `benchmarks/bench_floor.py`, this run):", "",
+             "| stage | unit | µs per unit | units per call·s | KiB per leg |", "|---|---|---|---|---|",
+             f"| uvloop UDP receive | datagram (172 B) | {f['udp_us']:.1f} | {FRAMES_PER_S} | – |",
+             f"| uvloop TCP receive | websocket message ({f['ws_message_bytes']:.0f} B) | {f['tcp_us']:.1f} | "
+             f"{FRAMES_PER_S} | – |",
+             f"| msgspec media JSON + base64 | message | {f['json_us']:.1f} | {FRAMES_PER_S} | – |",
+             f"| μ-law decode + soxr HQ 8→16 kHz + chunk | 250 ms chunk | {f['soxr_chunk_us']:.1f} | {CHUNKS_PER_S} | "
+             f"{f['soxr_stream_kib']:.0f} (soxr stream); {f['audio_path_kib']:.0f} (whole path) |",
+             f"| grpc.aio stream write, 8000 B | chunk | {f['grpc_write_us']:.1f} | {CHUNKS_PER_S} | "
+             f"{f['grpc_stream_kib']:.0f} (open stream) |", "",
+             "| ingest | floor ms CPU per call·s | calls per core at 100 % | at 85 % |", "|---|---|---|---|"]
+    for name in ("rtp", "twilio"):
+        ms = f[f"{name}_ms_per_call_s"]
+        lines.append(f"| {name} | {ms:.2f} | {1000 / ms:.0f} | {850 / ms:.0f} |")
+    return "\n".join(lines)
+
+
+def pin_here(cpu: int = 0) -> None:
+    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
+        os.sched_setaffinity(0, {cpu})
+
+
 async def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--calls", type=int, default=400, help="legs in each measurement")
     p.add_argument("--seconds", type=float, default=6.0, help="steady-state window of each network measurement")
+    p.add_argument("--json", action="store_true", help="print the numbers as one JSON line (benchmarks/run.py)")
     args = p.parse_args()
-    if hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1:
-        os.sched_setaffinity(0, {0})
-    n, secs = args.calls, args.seconds
-    udp = await udp_floor(n, secs)
-    tcp, msg_bytes = await tcp_floor(n, secs)
-    js = json_floor()
-    sox = soxr_floor(n)
-    sox_kib = fresh_kib(n, f"s = [soxr.ResampleStream(8000, 16000, 1, dtype='int16') for _ in range({n})]\n"
-                           "for x in s: x.resample_chunk(np.zeros(2000, dtype=np.int16))")
-    path_kib = fresh_kib(n, f"p = [LegAudioPath(PCMU_8K) for _ in range({n})]\n"
-                            "for x in p:\n    for _ in range(13): x.push(bytes(160))")
-    grpc_us, grpc_kib = await grpc_floor(n, secs)
-    rtp = FRAMES_PER_S * udp + CHUNKS_PER_S * (sox + grpc_us)
-    twilio = FRAMES_PER_S * (tcp + js) + CHUNKS_PER_S * (sox + grpc_us)
-    print(f"Library floor, {n} legs per measurement, this process on CPU 0, peers on CPU 1\n")
-    print("| stage | unit | µs per unit | per call·s | KiB per leg |")
-    print("|---|---|---|---|---|")
-    print(f"| uvloop UDP receive | datagram (172 B) | {udp:.1f} | {FRAMES_PER_S} | – |")
-    print(f"| uvloop TCP receive | websocket message ({msg_bytes} B) | {tcp:.1f} | {FRAMES_PER_S} | – |")
-    print(f"| msgspec media JSON + base64 | message | {js:.1f} | {FRAMES_PER_S} | – |")
-    print(f"| μ-law decode + soxr HQ 8→16 kHz + chunk | 250 ms chunk | {sox:.1f} | {CHUNKS_PER_S} | "
-          f"{sox_kib:.0f} (soxr stream), {path_kib:.0f} (whole path) |")
-    print(f"| grpc.aio stream write, 8000 B | chunk | {grpc_us:.1f} | {CHUNKS_PER_S} | {grpc_kib:.0f} (open stream) |")
-    print()
-    print("| ingest | floor ms CPU per call·s | calls per core at 100 % | at 85 % |")
-    print("|---|---|---|---|")
-    for name, us in (("rtp", rtp), ("twilio", twilio)):
-        print(f"| {name} | {us / 1000:.2f} | {1e6 / us:.0f} | {0.85e6 / us:.0f} |")
+    pin_here(0)
+    result = await measure_floor(args.calls, args.seconds)
+    print(json.dumps(result) if args.json else floor_markdown(result))
     return 0
 
 

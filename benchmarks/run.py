@@ -10,6 +10,7 @@ The knee of an ingest is the most calls with chunk p99 ≤ 20 ms and no loss.
     .venv/bin/python benchmarks/run.py --twilio 200 400 600 --rtp 250 500 1000 --alerts 500
     .venv/bin/python benchmarks/run.py --twilio --rtp --alerts 0 --no-baselines --whip 50 100 200   # WHIP only
     .venv/bin/python benchmarks/run.py --twilio --rtp 50 --alerts 0 --seconds 10 --no-baselines --no-readme
+    (--floor-calls 0 skips the library-floor measurement, benchmarks/bench_floor.py)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_baselines import baselines_markdown, rtp_side_by_side, twilio_side_by_side
+from benchmarks.bench_floor import floor_markdown
 from benchmarks.common import ROOT
 from benchmarks.rig import PointOptions, knee, markdown_table, run_point
 
@@ -95,7 +97,33 @@ def report(result: dict[str, Any]) -> str:
             lines += ["", f"- **RTP CPU per call·s**: naive receiver {n['cpu_ms_per_call_s']:.2f} ms (at {n['calls']} "
                       f"calls, no loss: {1000 / n['cpu_ms_per_call_s']:.0f} calls per core); spoofwatch at each RTP "
                       f"point (ratio): {per}."]
-    return "\n".join(lines)
+    return "\n".join(lines + floor_report(result))
+
+
+def library_floor(calls: int) -> dict[str, float]:
+    """bench_floor.py in its own process (it pins itself to CPU 0 and its peers to CPU 1)."""
+    res = subprocess.run([sys.executable, str(HERE / "bench_floor.py"), "--calls", str(calls), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if res.returncode:
+        raise RuntimeError(f"bench_floor.py failed:\n{res.stderr[-2000:]}")
+    out: dict[str, float] = json.loads(res.stdout.strip().splitlines()[-1])
+    return out
+
+
+def floor_report(result: dict[str, Any]) -> list[str]:
+    """The floor table, and each point's measured CPU per call·s set against its ingest's floor."""
+    floor = result.get("floor")
+    if not floor:
+        return []
+    lines = ["", floor_markdown(floor), ""]
+    for ingest in ("rtp", "twilio"):
+        ms = floor[f"{ingest}_ms_per_call_s"]
+        measured = [f"{r['calls']}: {r['daemon_cpu_core'] / r['calls'] * 1000:.2f} ms"
+                    for r in result["points"] if r["ingest"] == ingest and r["calls"]]
+        if measured:
+            lines.append(f"- **{ingest}**: measured daemon CPU per call·s at each point ({', '.join(measured)}) "
+                         f"against a floor of {ms:.2f} ms from the libraries alone.")
+    return lines
 
 
 def write_readme(text: str, readme: Path = HERE / "README.md") -> None:
@@ -125,6 +153,8 @@ async def main() -> int:
                    help="loads of the naive RTP receiver comparison (spoofwatch's side reuses the RTP ramp "
                         "point of the same size when there is one)")
     p.add_argument("--repeats", type=int, default=3, help="repeats of the Twilio stage comparison")
+    p.add_argument("--floor-calls", type=int, default=1000,
+                   help="legs of the library-floor measurement (benchmarks/bench_floor.py; 0: skip)")
     p.add_argument("--no-baselines", dest="baselines", action="store_false")
     p.add_argument("--no-readme", dest="readme", action="store_false", help="do not rewrite benchmarks/README.md")
     p.add_argument("--no-pin", dest="pin", action="store_false")
@@ -153,6 +183,8 @@ async def main() -> int:
                 "rtp": [await rtp_side_by_side(n, args.seconds, Path(tmp), pin_cpus=args.pin,
                                                spoofwatch_row=by_calls.get(n)) for n in args.baseline_rtp_calls],
             }
+    if args.floor_calls:
+        result["floor"] = library_floor(args.floor_calls)
     for ingest in TARGETS:
         result["knee"][ingest] = knee(result["points"], ingest)
     args.out.mkdir(parents=True, exist_ok=True)
