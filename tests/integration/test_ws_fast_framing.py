@@ -178,9 +178,11 @@ async def test_protocol_errors_close_1002(env: Env) -> None:
         peer = await _after_start(env, call_sid)
         await peer.send(bad)
         assert await peer.close_code() == 1002, call_sid
-    # a well-behaved call next to them is unharmed
+    # a well-behaved call next to them is unharmed; a text frame that is not UTF-8 is a counted drop
     peer = await _after_start(env, "CAgood")
+    await peer.send(framed(Opcode.TEXT, b'{"event": "\xff"}'))
     await peer.send(framed(Opcode.TEXT, media_message(1, frames(3, 1)[0])))
     sink = await env.admission.calls["CAgood"].leg("inbound")
     await sink.wait_payloads(1)
+    assert env.drops("invalid_json") == 1 and not env.admission.calls["CAgood"].ended.is_set()
     await peer.aclose()

@@ -220,6 +220,17 @@ def test_bad_messages_never_raise(msg: str, reason: str) -> None:
     assert problem.fatal == (reason == "oversize")
 
 
+def test_bytes_are_parsed_like_text_and_invalid_utf8_is_invalid_json() -> None:
+    """The websocket route hands over a TEXT frame's raw bytes (its UTF-8 is not checked before)."""
+    p = started_parser()
+    events = p.receive_text(json.dumps(media_msg(ts=0)).encode(), 0.0)
+    assert isinstance(events[0], Media) and events[0].payload == FRAME
+    bad_in_string = json.dumps(media_msg(chunk=2, ts=20)).encode().replace(b'"inbound"', b'"in\xffbound"')
+    assert only_problem(p.receive_text(bad_in_string, 0.02)).reason == "invalid_json"
+    assert only_problem(p.receive_text(b"\xfe\xff{}", 0.02)).reason == "invalid_json"
+    assert isinstance(p.receive_text(json.dumps(media_msg(chunk=2, ts=20)).encode(), 0.02)[0], Media)
+
+
 def test_deep_nesting_is_invalid_json_not_a_crash() -> None:
     p = started_parser(max_message_chars=10**7)
     assert only_problem(p.receive_text("[" * 200000 + "]" * 200000, 0.0)).reason == "invalid_json"

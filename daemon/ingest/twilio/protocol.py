@@ -175,7 +175,7 @@ class TwilioStreamParser:
         parses it again with `json.loads` and gives the exact drop reason, so both paths agree."""
         try:
             msg = decode_media(text)
-        except msgspec.DecodeError:  # ValidationError included
+        except (msgspec.DecodeError, UnicodeDecodeError):  # ValidationError included; bad UTF-8 in bytes
             return None
         media, sid = msg.media, msg.streamSid
         started = self.started
