@@ -13,6 +13,8 @@ import logging.handlers
 import os
 import queue
 import sys
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -98,13 +100,59 @@ def choose_format(fmt: str, stream: IO[str]) -> str:
     return "text" if getattr(stream, "isatty", lambda: False)() else "json"
 
 
+#: how long the writer thread sleeps between batches when nothing urgent is queued
+LOG_BATCH_S = 0.1
+#: records queued that wake the writer at once (a burst is written before the batch interval ends)
+LOG_WAKE_RECORDS = 512
+
+
+class BatchQueue:
+    """The hand-over between the event loop and the writer thread, in batches. `queue.Queue` wakes the
+    writer for every record (a lock, a condition notify, a thread switch and a GIL hand-over on the
+    daemon's one core, for each line); here the caller appends to a deque and the writer wakes every
+    `LOG_BATCH_S`, or at once for an error or worse, a burst of `LOG_WAKE_RECORDS`, or the stop
+    sentinel. Bounded: `put_nowait` raises `queue.Full` at `maxsize`. The subset of `queue.Queue`
+    that `QueueHandler` and `QueueListener` use."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self._items: deque[Any] = deque()
+        self._wake = threading.Event()
+
+    def put_nowait(self, item: Any) -> None:
+        items = self._items
+        if len(items) >= self.maxsize and item is not None:  # the stop sentinel (None) always gets in
+            raise queue.Full
+        items.append(item)  # atomic under the GIL: no lock on the caller's side
+        if (len(items) >= LOG_WAKE_RECORDS or not isinstance(item, logging.LogRecord)
+                or item.levelno >= logging.ERROR):
+            self._wake.set()
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        self.put_nowait(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        """The oldest item; blocks (in `LOG_BATCH_S` naps) until there is one."""
+        items = self._items
+        while not items:
+            if not block:
+                raise queue.Empty
+            self._wake.wait(LOG_BATCH_S)
+            self._wake.clear()
+        return items.popleft()
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+
 class BackgroundLogHandler(logging.handlers.QueueHandler):
     """Hands records to a writer thread through a bounded queue: a slow stdout (a full pipe, a busy
     journald) must never stall the event loop, and with it every call. When the queue is full a
     record is dropped and counted; the writer reports the count once it catches up."""
 
     def __init__(self, maxsize: int = LOG_QUEUE_RECORDS) -> None:
-        super().__init__(queue.Queue(maxsize))
+        self.batch = BatchQueue(maxsize)
+        super().__init__(self.batch)  # duck-typed: the part of queue.Queue QueueHandler uses
         self.dropped = 0
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:

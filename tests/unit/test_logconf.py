@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import queue
 import threading
 
 import pytest
@@ -60,7 +61,7 @@ def test_a_full_queue_drops_counts_and_reports() -> None:
     front = BackgroundLogHandler(maxsize=2)
     for i in range(5):
         front.handle(logging.makeLogRecord({"msg": f"line {i}", "levelno": logging.INFO}))
-    assert front.dropped == 3 and front.queue.qsize() == 2
+    assert front.dropped == 3 and front.batch.qsize() == 2
     out = io.StringIO()
     sink = logging.StreamHandler(out)
     sink.addFilter(_DropReporter(front, sink))
@@ -92,3 +93,51 @@ def test_extras_are_rendered_before_their_objects_go_away() -> None:
     stop()
     (line,) = _lines(out)
     assert line["msg"] == "connection closed" and line["websocket"] == "<Conn 1>"
+
+
+def test_batch_queue_wakes_the_writer_only_for_errors_bursts_and_the_stop() -> None:
+    from daemon.ops.logconf import LOG_WAKE_RECORDS, BatchQueue
+
+    q = BatchQueue(maxsize=LOG_WAKE_RECORDS + 10)
+
+    def rec(level: int) -> logging.LogRecord:
+        return logging.makeLogRecord({"msg": "x", "levelno": level})
+
+    q.put_nowait(rec(logging.INFO))
+    q.put_nowait(rec(logging.WARNING))
+    assert not q._wake.is_set()  # info and warnings wait for the next batch: no thread switch per line
+    q.put_nowait(rec(logging.ERROR))
+    assert q._wake.is_set()
+    q._wake.clear()
+    for _ in range(LOG_WAKE_RECORDS - 3):
+        q.put_nowait(rec(logging.INFO))
+    assert q._wake.is_set()  # a burst is written before the batch interval ends
+    q._wake.clear()
+    q.put_nowait(None)  # QueueListener's stop sentinel
+    assert q._wake.is_set() and q.qsize() == LOG_WAKE_RECORDS + 1
+    got = [q.get() for _ in range(q.qsize())]
+    assert [r.levelno for r in got[:3]] == [logging.INFO, logging.WARNING, logging.ERROR] and got[-1] is None
+    with pytest.raises(queue.Empty):
+        q.get(block=False)
+    for _ in range(q.maxsize):
+        q.put_nowait(rec(logging.INFO))
+    with pytest.raises(queue.Full):
+        q.put_nowait(rec(logging.INFO))
+    q.put_nowait(None)  # a full queue still takes the stop sentinel: shutdown never fails on it
+
+
+def test_background_writer_writes_info_lines_within_a_batch_interval() -> None:
+    out = io.StringIO()
+    written = threading.Event()
+    original = out.write
+
+    def write(text: str) -> int:
+        written.set()
+        return original(text)
+
+    out.write = write  # type: ignore[method-assign]
+    stop = configure_logging("json", "info", out, background=True)
+    logging.getLogger("spoofwatch.test").info("soon")
+    assert written.wait(5.0)  # no error, no burst, no stop: the writer's next nap ends and writes it
+    stop()
+    assert _lines(out)[0]["msg"] == "soon"
