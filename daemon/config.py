@@ -54,13 +54,13 @@ class DaemonConfig:
     log_level: str = opt("info", "log level", choices=("debug", "info", "warning", "error"))
     drain_timeout_s: float = opt(20.0, "on SIGTERM, how long open calls may finish before they are cut",
                                  min=0, max=3600)
-    max_calls: int = opt(500, "concurrent calls over all ingests; beyond it new calls are refused. Default: the "
-                         "measured knee of one process on a 2-core VM, see benchmarks/README.md (~300 Twilio, "
-                         "~500 RTP calls)",
+    max_calls: int = opt(500, "concurrent calls over all ingests; beyond it new calls are refused. Default: "
+                         "about where one process saturates its core on a 2-core VM, see benchmarks/README.md "
+                         "(~350 Twilio, ~450 RTP calls; the knees are 200 and 250-400)",
                          min=1, max=100000)
     capacity_calls: int = opt(200, "calls ONE process carries at its knee (chunk latency p99 <= 20 ms, no loss), "
                               "as benchmarks/run.py measures it; the default is the Twilio knee measured on a "
-                              "2-core VM on 2026-12-01 "
+                              "2-core VM on 2026-12-02 "
                               "(benchmarks/README.md): measure yours. Only sets spoofwatch_capacity_headroom "
                               "(1 - calls_active / capacity_calls, alerted under 0.1); it refuses no call, "
                               "max_calls does", min=1, max=100000)

@@ -42,9 +42,9 @@ class TwilioIngestConfig:
 
     enabled: bool = opt(True, "accept Twilio Media Streams (and SignalWire's compatible streams)")
     path: str = opt("/twilio", "websocket path Twilio connects to (on [ingest.websocket] listen)")
-    max_calls: int = opt(300, "concurrent Twilio streams; beyond it new upgrades get HTTP 503. Default: the "
-                         "measured knee of one process on a 2-core VM, see benchmarks/README.md", min=1,
-                         max=100000)
+    max_calls: int = opt(300, "concurrent Twilio streams; beyond it new upgrades get HTTP 503. Default: just "
+                         "under where one process saturates its core on a 2-core VM (~350; knee 200), see "
+                         "benchmarks/README.md", min=1, max=100000)
     validate_signature: bool = opt(True, "check X-Twilio-Signature on the upgrade request (403 when bad or "
                                    "missing); on, the daemon does not start without the auth token")
     auth_token_env: str = opt("TWILIO_AUTH_TOKEN", "environment variable (or systemd credential) with the Twilio "
@@ -75,8 +75,8 @@ class RtpIngestConfig:
                                  "raise when it is smaller)", min=65536, max=256 * 1048576)
     control_listen: str = opt("127.0.0.1:9109", "HOST:PORT of the RTP session control API")
     control_token_env: str = opt("SPOOFWATCH_RTP_TOKEN", "environment variable with the control API bearer token")
-    max_calls: int = opt(500, "concurrent RTP calls. Default: the measured knee of one process on a 2-core VM, "
-                         "see benchmarks/README.md", min=1, max=100000)
+    max_calls: int = opt(500, "concurrent RTP calls. Default: about where one process saturates its core on a "
+                         "2-core VM (~450; knee 250-400), see benchmarks/README.md", min=1, max=100000)
     dynamic_payload_types: list[str] = field(
         default_factory=lambda: ["96 opus/48000/2", "111 opus/48000/2", "118 L16/16000"],
         metadata=_meta('default map of dynamic payload types ("PT name/rate[/channels]"); the control API can '
@@ -100,8 +100,8 @@ class WhipIngestConfig:
     token_env: str = opt("SPOOFWATCH_WHIP_TOKEN", "environment variable (or systemd credential) with the bearer "
                          "token publishers send")
     max_calls: int = opt(50, "concurrent WHIP sessions; beyond it a POST gets 503 with Retry-After (each "
-                         "costs ICE, DTLS-SRTP and an Opus decoder thread: ~3 % of a core measured, simulator "
-                         "included)", min=1, max=10000)
+                         "costs ICE, DTLS-SRTP and Opus decoding: ~1 % of a core measured, knee 50-100 per "
+                         "core, benchmarks/README.md)", min=1, max=10000)
     inactivity_timeout_ms: int = opt(5000, "a session without an audio frame for this long ends (a publisher "
                                      "that vanished without DELETE); also bounds ICE/DTLS setup", min=200,
                                      max=600000)
