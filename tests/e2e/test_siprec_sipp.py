@@ -24,13 +24,15 @@ pytestmark = [pytest.mark.slow,
                                  reason="needs sipp (apt sip-tester), ffmpeg and sox: scripts/system-deps.sh")]
 
 
-def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+def free_port(kind: int = socket.SOCK_DGRAM, even: bool = True) -> int:
+    """A port free for `kind` now; `even` for SIPp's media port (it and port+2, the second m-line, must be
+    even-aligned; Linux hands out only odd ports to a TCP bind(0), so the SIP port is not asked to be)."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
-        if port % 2 == 0 and port < 65000:
-            return port  # SIPp's media port and port+2 (the second m-line) must be even-aligned
+        if (port % 2 == 0 or not even) and port < 65000:
+            return port
     raise AssertionError("no even free port")
 
 
@@ -79,29 +81,61 @@ def session_legs(daemon: DaemonProcess, call_id: str) -> dict[str, int] | None:
     return None
 
 
+async def start_sipp(port: int, tmp_path: Path, scenario: str, transport: str,
+                     pause_ms: int) -> asyncio.subprocess.Process:
+    """SIPp on fresh local ports; started again (at most 3 times) when another process took a port between
+    `free_port()` and SIPp's bind (the race every probe-then-bind port choice has on a busy machine)."""
+    for attempt in range(3):
+        sipp = await run("sipp", f"127.0.0.1:{port}", "-sf", str(PEERS / scenario), "-t", transport, "-m", "1",
+                         "-i", "127.0.0.1", "-mi", "127.0.0.1",
+                         "-p", str(free_port(socket.SOCK_STREAM if transport == "t1" else socket.SOCK_DGRAM,
+                                             even=False)),
+                         "-mp", str(free_port()), "-d", str(pause_ms), "-timeout", "50", "-timeout_error",
+                         "-nostdin", "-trace_err", cwd=tmp_path)
+        assert sipp.stdout is not None
+        try:  # a bind failure ends SIPp at once; a running SIPp says nothing on stdout before its screen
+            async with asyncio.timeout(1.0):
+                first = await sipp.stdout.readline()
+                second = await sipp.stdout.readline()
+        except TimeoutError:
+            return sipp
+        if b"Unable to bind" not in first + second or attempt == 2:
+            return sipp
+        await finish(sipp)
+    raise AssertionError("unreachable")
+
+
 async def record_one(daemon: DaemonProcess, tmp_path: Path, scenario: str, transport: str,
                      pause_ms: int) -> tuple[str, str]:
-    """One SIPp recording session + ffmpeg on the agent's port; returns (spoofwatch call id, SIPp output)."""
+    """One SIPp recording session + ffmpeg on the agent's port; returns (spoofwatch call id, SIPp output).
+    Whatever it started is killed when it ends early (a failed assertion, or cancelled with its sibling)."""
     port = daemon.ports["siprec_udp" if transport == "u1" else "siprec_tcp"]
-    sipp = await run("sipp", f"127.0.0.1:{port}", "-sf", str(PEERS / scenario), "-t", transport, "-m", "1",
-                     "-i", "127.0.0.1", "-mi", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
-                     "-d", str(pause_ms), "-timeout", "50", "-timeout_error", "-nostdin", "-trace_err",
-                     cwd=tmp_path)
-    call_id = f"siprec-1-{sipp.pid}@127.0.0.1"  # SIPp's [call_id] is "<call number>-<pid>@<local ip>"
-    legs = None
-    for _ in range(300):  # the 200 OK's ports, as the daemon logs them (bounded: 15 s)
-        legs = session_legs(daemon, call_id)
-        if legs is not None or sipp.returncode is not None:
-            break
-        await asyncio.sleep(0.05)
-    assert legs is not None and set(legs) == {"caller", "agent"}, await finish(sipp)
-    ffmpeg = await run("ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i", str(CLIPS / "speech_clean_16k.wav"),
-                       "-af", "aresample=8000,asetnsamples=n=160", "-ac", "1", "-c:a", "pcm_alaw",
-                       "-payload_type", "8", "-f", "rtp", f"rtp://127.0.0.1:{legs['agent']}", cwd=tmp_path)
-    out = await finish(sipp)
-    assert sipp.returncode == 0, out
-    await finish(ffmpeg)
-    return call_id, out
+    started: list[asyncio.subprocess.Process] = []
+    try:
+        sipp = await start_sipp(port, tmp_path, scenario, transport, pause_ms)
+        started.append(sipp)
+        call_id = f"siprec-1-{sipp.pid}@127.0.0.1"  # SIPp's [call_id] is "<call number>-<pid>@<local ip>"
+        legs = None
+        for _ in range(300):  # the 200 OK's ports, as the daemon logs them (bounded: 15 s)
+            legs = session_legs(daemon, call_id)
+            if legs is not None or sipp.returncode is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert legs is not None and set(legs) == {"caller", "agent"}, await finish(sipp)
+        ffmpeg = await run("ffmpeg", "-nostdin", "-loglevel", "error", "-re", "-i",
+                           str(CLIPS / "speech_clean_16k.wav"), "-af", "aresample=8000,asetnsamples=n=160", "-ac",
+                           "1", "-c:a", "pcm_alaw", "-payload_type", "8", "-f", "rtp",
+                           f"rtp://127.0.0.1:{legs['agent']}", cwd=tmp_path)
+        started.append(ffmpeg)
+        out = await finish(sipp)
+        assert sipp.returncode == 0, out
+        await finish(ffmpeg)
+        return call_id, out
+    finally:
+        for proc in started:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 def by_call(hook: WebhookReceiver, event: str, call_id: str) -> list[dict[str, Any]]:
@@ -113,9 +147,10 @@ async def test_sipp_recording_over_udp_and_tcp_alerts_on_the_marked_participant(
     async with receiver() as hook:
         daemon = await start_daemon(config(tmp_path, hook.url))
         try:
-            udp, tcp = await asyncio.gather(record_one(daemon, tmp_path, "recording.xml", "u1", 9000),
-                                            record_one(daemon, tmp_path, "recording.xml", "t1", 9000))
-            calls = [udp[0], tcp[0]]
+            async with asyncio.TaskGroup() as both:  # one failing cancels (and so cleans up) the other
+                udp = both.create_task(record_one(daemon, tmp_path, "recording.xml", "u1", 9000))
+                tcp = both.create_task(record_one(daemon, tmp_path, "recording.xml", "t1", 9000))
+            calls = [udp.result()[0], tcp.result()[0]]
             await hook.wait_for(lambda: all(by_call(hook, "call.summary", c) for c in calls), timeout=60)
         finally:
             await daemon.stop()
