@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -199,8 +200,9 @@ class Env:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
-@pytest.fixture
-async def env_factory() -> AsyncIterator[Callable[..., Awaitable[Env]]]:
+@contextlib.asynccontextmanager
+async def twilio_envs() -> AsyncIterator[Callable[..., Awaitable[Env]]]:
+    """Makes standalone Twilio ingests (each on its own listener, with a recording admission); closes them."""
     made: list[TwilioIngest] = []
 
     async def make(clock: Clock | None = None, **cfg: Any) -> Env:
@@ -210,13 +212,21 @@ async def env_factory() -> AsyncIterator[Callable[..., Awaitable[Env]]]:
         admission = FakeAdmission()
         metrics = Metrics()
         ingest = TwilioIngest(config, admission, metrics, clock or SystemClock(), max_frame_bytes=max_frame_bytes)
-        port = await ingest.start()
         made.append(ingest)
+        port = await ingest.start()
         return Env(ingest, admission, metrics, f"ws://127.0.0.1:{port}{config.path}")
 
-    yield make
-    for ingest in made:
-        await ingest.close(timeout=5.0)
+    try:
+        yield make
+    finally:
+        for ingest in made:
+            await ingest.close(timeout=5.0)
+
+
+@pytest.fixture
+async def env_factory() -> AsyncIterator[Callable[..., Awaitable[Env]]]:
+    async with twilio_envs() as make:
+        yield make
 
 
 @pytest.fixture

@@ -15,29 +15,14 @@ from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.uri import parse_uri
 
-from daemon.clock import SystemClock
-from daemon.config import TwilioIngestConfig
-from daemon.ingest.twilio.server import TwilioIngest
-from daemon.ops.metrics import Metrics
-from tests.integration.test_twilio_server import WAIT, Env, FakeAdmission, frames
+from tests.integration.test_twilio_server import WAIT, Env, frames, twilio_envs
 
 
 @pytest.fixture
 async def env_factory() -> AsyncIterator[Callable[..., Awaitable[Env]]]:
-    """A standalone Twilio route (the sync-message one) with a recording admission."""
-    made: list[TwilioIngest] = []
-
-    async def make(max_frame_bytes: int = 65536) -> Env:
-        admission, metrics = FakeAdmission(), Metrics()
-        ingest = TwilioIngest(TwilioIngestConfig(validate_signature=False), admission, metrics, SystemClock(),
-                              max_frame_bytes=max_frame_bytes)
-        made.append(ingest)
-        port = await ingest.start()
-        return Env(ingest, admission, metrics, f"ws://127.0.0.1:{port}{ingest.cfg.path}")
-
-    yield make
-    for ingest in made:
-        await ingest.close(timeout=5.0)
+    """Standalone Twilio routes (the sync-message connection) with a recording admission."""
+    async with twilio_envs() as make:
+        yield make
 
 
 @pytest.fixture

@@ -82,15 +82,11 @@ MOVES = st.tuples(st.sampled_from([1, 1, 1, 2, 3]),
                   st.integers(-200, 65535))
 
 
-@settings(max_examples=300, deadline=None)
-@given(moves=st.lists(MOVES, max_size=200), window=st.integers(1, 32), start=st.integers(0, 65535))
-def test_every_packet_is_accounted_for_and_state_stays_bounded(moves: list[tuple[int, str, int]], window: int,
-                                                               start: int) -> None:
-    """Hostile input of any shape: in-order runs, reordering, far jumps, confirmed jumps, SSRC churn."""
-    jb = JitterBuffer(window)
+def played(moves: list[tuple[int, str, int]], start: int) -> list[tuple[int, int]]:
+    """(ssrc, sequence number) of each move: in order, near its source's last, far, or right after a far one."""
     last = {1: start, 2: start, 3: start}
     far_last = 0
-    out: list[RtpPacket] = []
+    out = []
     for ssrc, how, value in moves:
         if how == "next":
             seq = last[ssrc] + 1
@@ -101,6 +97,18 @@ def test_every_packet_is_accounted_for_and_state_stays_bounded(moves: list[tuple
         else:
             seq = far_last = far_last + 1
         last[ssrc] = seq
+        out.append((ssrc, seq))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(moves=st.lists(MOVES, max_size=200), window=st.integers(1, 32), start=st.integers(0, 65535))
+def test_every_packet_is_accounted_for_and_state_stays_bounded(moves: list[tuple[int, str, int]], window: int,
+                                                               start: int) -> None:
+    """Hostile input of any shape: in-order runs, reordering, far jumps, confirmed jumps, SSRC churn."""
+    jb = JitterBuffer(window)
+    out: list[RtpPacket] = []
+    for ssrc, seq in played(moves, start):
         released = jb.push(pkt(seq, ssrc))
         out += released
         assert jb.held <= window + max(window, MIN_SEQUENTIAL) + 1  # bounded, whatever arrives
@@ -115,20 +123,9 @@ def test_take_next_is_push_for_the_in_order_case(moves: list[tuple[int, str, int
     """The ingest's packet-free fast path (`take_next`, else `push`) releases the same packets in the
     same order with the same counts as `push` alone, on the same hostile input."""
     plain, fast = JitterBuffer(window), JitterBuffer(window)
-    last = {1: start, 2: start, 3: start}
-    far_last = 0
     out_plain: list[tuple[int, int]] = []
     out_fast: list[tuple[int, int]] = []
-    for ssrc, how, value in moves:
-        if how == "next":
-            seq = last[ssrc] + 1
-        elif how == "near":
-            seq = last[ssrc] + value % 64 - 32
-        elif how == "far":
-            seq = far_last = value
-        else:
-            seq = far_last = far_last + 1
-        last[ssrc] = seq
+    for ssrc, seq in played(moves, start):
         p = pkt(seq, ssrc)
         out_plain += [(q.ssrc, q.sequence) for q in plain.push(p)]
         if fast.take_next(ssrc, p.sequence):
