@@ -23,6 +23,9 @@ Refusals and closes:
   enforces `max_frame_bytes` itself) or 1008 (policy violation: bad_start, too_many_errors, no start
   within `start_timeout_s`).
 - `close()` → open calls end with reason "shutdown", sockets close 1001 (going away).
+
+What each parsed event does to the call (admission, legs, audio, drops) is in calls.py; this module owns
+the listener route, the handshake and the socket's life.
 """
 
 from __future__ import annotations
@@ -31,72 +34,32 @@ import asyncio
 import http
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode
 from websockets.http11 import Request, Response
 
-from daemon.calls.api import CallAdmission, CallHandle, CallRefused, LegSink
+from daemon.calls.api import CallAdmission
 from daemon.clock import Clock
 from daemon.config import ConfigError, TwilioIngestConfig, read_secret
 from daemon.configingest import WebsocketIngestConfig
+from daemon.ingest.twilio.calls import INGEST, TwilioCallActions, TwilioStream
 from daemon.ingest.twilio.protocol import (
-    Dtmf,
-    Gap,
-    Lag,
-    Media,
-    Problem,
-    Started,
-    Stopped,
-    TwilioEvent,
     TwilioStreamParser,
 )
 from daemon.ingest.twilio.signature import DEV_AUTH_TOKEN, SIGNATURE_HEADER, expected_url, signature_valid
 from daemon.ingest.websocket.connection import MediaConnection
 from daemon.ingest.websocket.listener import WebsocketListener
-from daemon.model import PCMU_8K, CallInfo
 from daemon.ops.metrics import Metrics
 
 log = logging.getLogger("spoofwatch.ingest.twilio")
 
-INGEST = "twilio"
 #: A socket that has not sent a valid `start` by then is not a Twilio stream.
 START_TIMEOUT_S = 10.0
-#: media messages per stream added to frames_received_total at once (one second's worth; the rest at
-#: the stream's end): a locked counter increment per message was a visible share of the hot path
-FRAMES_COUNT_BATCH = 50
-
-_FATAL_CLOSE_CODES = {
-    "unsupported_media_format": CloseCode.UNSUPPORTED_DATA,
-    "oversize": CloseCode.MESSAGE_TOO_BIG,
-}
 
 
-@dataclass(eq=False)  # identity semantics: streams live in a set
-class _Stream:
-    """One websocket's state; lives only as long as its handler."""
-
-    ws: ServerConnection
-    parser: TwilioStreamParser
-    call_sid: str = ""
-    call_id: str = ""
-    handle: CallHandle | None = None
-    legs: dict[str, LegSink | None] = field(default_factory=dict)  # None: the leg could not be opened
-    ended: bool = False
-    problems: int = 0
-    frames_uncounted: int = 0  # media messages not yet added to frames_in (in batches, and at the end)
-    #: settled (close code, close reason, call end reason) when a message means the socket must close
-    outcome: asyncio.Future[tuple[int, str, str]] | None = None
-
-    def end(self, reason: str) -> None:
-        if self.handle is not None and not self.ended:
-            self.ended = True
-            self.handle.end(reason)
-
-
-class TwilioIngest:
+class TwilioIngest(TwilioCallActions):
     """Accepts Twilio (and SignalWire) Media Streams and feeds each call to `admission`."""
 
     def __init__(
@@ -125,7 +88,7 @@ class TwilioIngest:
         self.start_timeout_s = start_timeout_s
         self._accepting = True
         self._token: str | None = None
-        self._streams: set[_Stream] = set()
+        self._streams: set[TwilioStream] = set()
         #: callSid → streams of it still open: a second fork of the same call gets its own call id
         self._by_call_sid: dict[str, int] = {}
         self._frames_in = metrics.frames_in.labels(INGEST)  # resolved once: this is per media message
@@ -227,7 +190,7 @@ class TwilioIngest:
             gap_fill_max_s=self.cfg.gap_fill_max_ms / 1000,
             max_message_chars=self.max_frame_bytes,
         )
-        stream = _Stream(ws, parser)
+        stream = TwilioStream(ws, parser)
         self._streams.add(stream)
         try:
             reason = await self._run(stream)
@@ -249,7 +212,7 @@ class TwilioIngest:
                 else:
                     self._by_call_sid.pop(stream.call_sid, None)
 
-    async def _run(self, stream: _Stream) -> str:
+    async def _run(self, stream: TwilioStream) -> str:
         """Serve until the stream stops or the socket closes; returns the call's end reason. Messages
         are parsed and applied synchronously as they arrive (`_on_message`); this task only waits
         for the outcome: a close asked for by a message, the start timeout, or the peer leaving."""
@@ -283,12 +246,12 @@ class TwilioIngest:
             return "oversize"
         return "disconnected"
 
-    def _count_frames(self, stream: _Stream) -> None:
+    def _count_frames(self, stream: TwilioStream) -> None:
         if stream.frames_uncounted:
             self._frames_in.inc(stream.frames_uncounted)
             stream.frames_uncounted = 0
 
-    def _on_message(self, stream: _Stream, is_text: bool, data: bytes) -> None:
+    def _on_message(self, stream: TwilioStream, is_text: bool, data: bytes) -> None:
         """One message, in the connection's data_received: parse, act, and settle the outcome when the
         socket must close. Never raises: one broken stream is logged, counted and closed (1011)."""
         outcome = stream.outcome
@@ -309,92 +272,6 @@ class TwilioIngest:
             stream.end("error")
             outcome.set_result((CloseCode.INTERNAL_ERROR, "internal error", "error"))
 
-    def _apply(self, stream: _Stream, event: TwilioEvent, now: float) -> tuple[int, str] | None:
-        """Act on one event; returns (close code, reason) when the socket must close."""
-        if isinstance(event, Media):
-            stream.frames_uncounted += 1
-            if stream.frames_uncounted >= FRAMES_COUNT_BATCH:
-                self._frames_in.inc(stream.frames_uncounted)
-                stream.frames_uncounted = 0
-            sink = self._leg(stream, event.track)
-            if sink is not None:
-                sink.push(event.payload, now)
-        elif isinstance(event, Gap):
-            sink = self._leg(stream, event.track)
-            if sink is not None and event.fill_seconds > 0:
-                sink.push_silence(event.fill_seconds, now)  # the sink counts gap_fill_seconds
-            if event.unfilled_reason:
-                self.metrics.drops.labels(INGEST, event.unfilled_reason).inc()
-            log.debug("twilio lost %.3f s on %s, %.3f s filled", event.seconds, event.track, event.fill_seconds,
-                      extra={"call_id": stream.call_id})
-        elif isinstance(event, Lag):
-            self.metrics.ingest_lag_seconds.labels(INGEST).inc(event.seconds)
-        elif isinstance(event, Dtmf):
-            if stream.handle is not None:
-                stream.handle.dtmf(event.track, event.digit)
-        elif isinstance(event, Started):
-            return self._admit(stream, event)
-        elif isinstance(event, Stopped):
-            stream.end("stop")
-            return CloseCode.NORMAL_CLOSURE, "stop"
-        elif isinstance(event, Problem):
-            self.metrics.drops.labels(INGEST, event.reason).inc()
-            stream.problems += 1
-            # the first problem of a stream is worth a line; a peer repeating it must not flood the log
-            level = logging.WARNING if event.fatal else logging.INFO if stream.problems == 1 else logging.DEBUG
-            log.log(level, "twilio %s: %s", event.reason, event.detail, extra={"call_id": stream.call_id or "-"})
-            if event.fatal:
-                stream.end(f"protocol_error:{event.reason}")
-                return _FATAL_CLOSE_CODES.get(event.reason, CloseCode.POLICY_VIOLATION), event.reason
-        # Connected and Mark need nothing from a listen-only fork.
-        return None
-
-    def _admit(self, stream: _Stream, started: Started) -> tuple[int, str] | None:
-        call_sid = started.call_sid
-        # Stacked <Start><Stream> forks of one call: each needs its own call id.
-        call_id = call_sid if call_sid not in self._by_call_sid else f"{call_sid}:{started.stream_sid}"
-        metadata = {
-            **started.custom_parameters,
-            "call_sid": call_sid,
-            "stream_sid": started.stream_sid,
-            "account_sid": started.account_sid,
-        }
-        if not self._accepting:
-            self.metrics.calls_refused.labels(INGEST, "shutting_down").inc()
-            return CloseCode.TRY_AGAIN_LATER, "shutting_down"
-        try:
-            # The admission counts its own refusals (calls_refused), so they are not counted here.
-            try:
-                stream.handle = self.admission.admit(CallInfo(call_id=call_id, ingest=INGEST, metadata=metadata))
-            except CallRefused as exc:
-                if exc.reason != "duplicate_call_id" or call_id != call_sid:
-                    raise
-                # A restarted fork of a call whose earlier stream is still finishing (final results).
-                call_id = f"{call_sid}:{started.stream_sid}"
-                stream.handle = self.admission.admit(CallInfo(call_id=call_id, ingest=INGEST, metadata=metadata))
-        except CallRefused as exc:
-            log.info("twilio stream refused: %s", exc.reason, extra={"call_id": call_id})
-            return CloseCode.TRY_AGAIN_LATER, exc.reason
-        stream.call_sid = call_sid
-        stream.call_id = call_id
-        self._by_call_sid[call_sid] = self._by_call_sid.get(call_sid, 0) + 1
-        log.info("twilio stream started", extra={"call_id": call_id, "stream_sid": started.stream_sid,
-                                                 "tracks": list(started.tracks)})
-        return None
-
-    def _leg(self, stream: _Stream, track: str) -> LegSink | None:
-        if track in stream.legs:
-            return stream.legs[track]
-        sink: LegSink | None = None
-        if stream.handle is not None and not stream.ended:
-            try:
-                sink = stream.handle.open_leg(track, PCMU_8K)
-            except Exception:
-                # e.g. the call was ended by a drain while media still flows: drop this track's audio
-                log.warning("could not open leg %s", track, exc_info=True, extra={"call_id": stream.call_id})
-                self.metrics.drops.labels(INGEST, "leg_open_failed").inc()
-        stream.legs[track] = sink
-        return sink
 
 
 __all__ = ["START_TIMEOUT_S", "TwilioIngest"]
