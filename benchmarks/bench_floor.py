@@ -103,7 +103,7 @@ async def udp_floor(calls: int, seconds: float) -> float:
         await asyncio.sleep(1.5)
         return await measure(seconds, lambda: got[0])
     finally:
-        peer.wait()
+        await asyncio.to_thread(peer.wait)
         for t in transports:
             t.close()
 
@@ -133,7 +133,7 @@ async def tcp_floor(calls: int, seconds: float) -> tuple[float, int]:
         await asyncio.sleep(1.5)
         return await measure(seconds, lambda: got[0]), len(message)
     finally:
-        peer.wait()
+        await asyncio.to_thread(peer.wait)
         server.close()
 
 

@@ -158,14 +158,9 @@ async def run_calls(one_call: Callable[[int, LoadResult, Pacer], Awaitable[None]
 
     tasks = [asyncio.create_task(delayed(k), name=f"{name}-call-{k}") for k in range(calls)]
     try:
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        await result.await_calls(tasks, timeout_s)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
         await pacer.aclose()
-    if pending:
-        result.errors.append(f"{len(pending)} calls did not finish within {timeout_s:.0f} s")
     result.elapsed_s = time.monotonic() - started
     return result
 

@@ -324,14 +324,9 @@ async def run_whip_calls(url: str, token: str, *, calls: int, samples_48k: npt.N
                                                result=result, http=http, pacer=pacer), name=f"loadgen-whip-{k}")
                  for k in range(calls)]
         try:
-            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            await result.await_calls(tasks, timeout_s)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             pacer.close()
-    if pending:
-        result.errors.append(f"{len(pending)} calls did not finish within {timeout_s:.0f} s")
     result.elapsed_s = time.monotonic() - started
     return result
 

@@ -47,6 +47,19 @@ class LoadResult:
         else:
             self.errors.append(f"{name}: {why}")
 
+    async def await_calls(self, tasks: Sequence[asyncio.Task[None]], timeout_s: float) -> None:
+        """Wait for every call task, `timeout_s` at most in all; what is left is cancelled (and awaited)
+        and counted in `errors`."""
+        pending: set[asyncio.Task[None]] = set()
+        try:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if pending:
+            self.errors.append(f"{len(pending)} calls did not finish within {timeout_s:.0f} s")
+
     def lateness_quantile_ms(self, q: float) -> float:
         """Upper edge of the 1 ms bin holding quantile q of the messages' lateness (0 without any)."""
         total = sum(self.lateness_ms)

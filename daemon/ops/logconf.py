@@ -128,9 +128,6 @@ class BatchQueue:
                 or item.levelno >= logging.ERROR):
             self._wake.set()
 
-    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
-        self.put_nowait(item)
-
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """The oldest item; blocks (in `LOG_BATCH_S` naps) until there is one."""
         items = self._items

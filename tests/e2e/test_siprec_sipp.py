@@ -83,26 +83,28 @@ def session_legs(daemon: DaemonProcess, call_id: str) -> dict[str, int] | None:
 
 async def start_sipp(port: int, tmp_path: Path, scenario: str, transport: str,
                      pause_ms: int) -> asyncio.subprocess.Process:
-    """SIPp on fresh local ports; started again (at most 3 times) when another process took a port between
+    """SIPp on fresh local ports; started again (3 starts at most) when another process took a port between
     `free_port()` and SIPp's bind (the race every probe-then-bind port choice has on a busy machine)."""
-    for attempt in range(3):
-        sipp = await run("sipp", f"127.0.0.1:{port}", "-sf", str(PEERS / scenario), "-t", transport, "-m", "1",
+    async def launch() -> asyncio.subprocess.Process:
+        return await run("sipp", f"127.0.0.1:{port}", "-sf", str(PEERS / scenario), "-t", transport, "-m", "1",
                          "-i", "127.0.0.1", "-mi", "127.0.0.1",
                          "-p", str(free_port(socket.SOCK_STREAM if transport == "t1" else socket.SOCK_DGRAM,
                                              even=False)),
                          "-mp", str(free_port()), "-d", str(pause_ms), "-timeout", "50", "-timeout_error",
                          "-nostdin", "-trace_err", cwd=tmp_path)
+
+    for _ in range(2):
+        sipp = await launch()
         assert sipp.stdout is not None
         try:  # a bind failure ends SIPp at once; a running SIPp says nothing on stdout before its screen
             async with asyncio.timeout(1.0):
-                first = await sipp.stdout.readline()
-                second = await sipp.stdout.readline()
+                opening = await sipp.stdout.readline() + await sipp.stdout.readline()
         except TimeoutError:
             return sipp
-        if b"Unable to bind" not in first + second or attempt == 2:
+        if b"Unable to bind" not in opening:
             return sipp
         await finish(sipp)
-    raise AssertionError("unreachable")
+    return await launch()
 
 
 async def record_one(daemon: DaemonProcess, tmp_path: Path, scenario: str, transport: str,

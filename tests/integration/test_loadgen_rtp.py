@@ -37,7 +37,9 @@ class Recorder(asyncio.DatagramProtocol):
 def free_pairs(n: int) -> list[socket.socket]:
     """n (RTP, RTCP) socket pairs on even/odd neighbouring ports, bound on 127.0.0.1."""
     socks: list[socket.socket] = []
-    while len(socks) < 2 * n:
+    for _ in range(1000):  # bounded: a busy machine may take a few probes per pair
+        if len(socks) == 2 * n:
+            break
         probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         probe.bind(("127.0.0.1", 0))
         base = probe.getsockname()[1]
@@ -53,6 +55,7 @@ def free_pairs(n: int) -> list[socket.socket]:
                 s.close()
             continue
         socks += pair
+    assert len(socks) == 2 * n, "no free even/odd port pairs on 127.0.0.1"
     return socks
 
 

@@ -52,13 +52,10 @@ class RawPeer:
 
     async def send(self, data: bytes, *, step: int = 0) -> None:
         """Write `data` at once, or `step` bytes per write (draining between writes)."""
-        if not step:
-            self.writer.write(data)
-        for i in range(0, len(data), step or len(data)):
-            if step:
-                self.writer.write(data[i:i + step])
-                await self.writer.drain()
-        await self.writer.drain()
+        step = step or len(data)
+        for i in range(0, len(data), step):
+            self.writer.write(data[i:i + step])
+            await self.writer.drain()
 
     async def next_frame(self) -> Frame | None:
         """The next frame the server sends; None when the connection ends first."""
