@@ -56,7 +56,7 @@ class DaemonConfig:
                                  min=0, max=3600)
     max_calls: int = opt(500, "concurrent calls over all ingests; beyond it new calls are refused. Default: "
                          "about where one process saturates its core on a 2-core VM, see benchmarks/README.md "
-                         "(~350 Twilio, ~450 RTP calls; the knees are 200 and 250-400)",
+                         "(~370 Twilio, ~470 RTP calls; the knees are 200 and 250-400)",
                          min=1, max=100000)
     capacity_calls: int = opt(200, "calls ONE process carries at its knee (chunk latency p99 <= 20 ms, no loss), "
                               "as benchmarks/run.py measures it; the default is the Twilio knee measured on a "

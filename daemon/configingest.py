@@ -43,7 +43,7 @@ class TwilioIngestConfig:
     enabled: bool = opt(True, "accept Twilio Media Streams (and SignalWire's compatible streams)")
     path: str = opt("/twilio", "websocket path Twilio connects to (on [ingest.websocket] listen)")
     max_calls: int = opt(300, "concurrent Twilio streams; beyond it new upgrades get HTTP 503. Default: just "
-                         "under where one process saturates its core on a 2-core VM (~350; knee 200), see "
+                         "under where one process saturates its core on a 2-core VM (~370; knee 200), see "
                          "benchmarks/README.md", min=1, max=100000)
     validate_signature: bool = opt(True, "check X-Twilio-Signature on the upgrade request (403 when bad or "
                                    "missing); on, the daemon does not start without the auth token")
@@ -76,7 +76,7 @@ class RtpIngestConfig:
     control_listen: str = opt("127.0.0.1:9109", "HOST:PORT of the RTP session control API")
     control_token_env: str = opt("SPOOFWATCH_RTP_TOKEN", "environment variable with the control API bearer token")
     max_calls: int = opt(500, "concurrent RTP calls. Default: about where one process saturates its core on a "
-                         "2-core VM (~450; knee 250-400), see benchmarks/README.md", min=1, max=100000)
+                         "2-core VM (~470; knee 250-400), see benchmarks/README.md", min=1, max=100000)
     dynamic_payload_types: list[str] = field(
         default_factory=lambda: ["96 opus/48000/2", "111 opus/48000/2", "118 L16/16000"],
         metadata=_meta('default map of dynamic payload types ("PT name/rate[/channels]"); the control API can '
